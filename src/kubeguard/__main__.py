@@ -1,0 +1,5 @@
+"""`python -m kubeguard`."""
+
+from kubeguard.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""admission.k8s.io/v1 AdmissionReview wire types, decoded with msgspec.
+
+The request envelope is decoded eagerly, but `object`, `oldObject` and `options` are kept as
+raw JSON (`msgspec.Raw`). A handler decodes them into its own narrow Struct that names only
+the fields it reads (see `Request.object_as`), so the hot path never builds a full pod model:
+msgspec skips every field the target type does not declare.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+API_VERSION = "admission.k8s.io/v1"
+KIND = "AdmissionReview"
+
+
+class GroupVersionKind(msgspec.Struct, frozen=True):
+    group: str = ""
+    version: str = ""
+    kind: str = ""
+
+
+class GroupVersionResource(msgspec.Struct, frozen=True):
+    group: str = ""
+    version: str = ""
+    resource: str = ""
+
+
+class UserInfo(msgspec.Struct, frozen=True):
+    username: str = ""
+    uid: str = ""
+    groups: list[str] = msgspec.field(default_factory=list)
+    extra: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+
+class AdmissionRequest(msgspec.Struct, rename="camel", frozen=True):
+    """The `request` member of an AdmissionReview."""
+
+    uid: str
+    kind: GroupVersionKind = GroupVersionKind()
+    resource: GroupVersionResource = GroupVersionResource()
+    operation: str = ""
+    sub_resource: str = ""
+    request_kind: GroupVersionKind | None = None
+    request_resource: GroupVersionResource | None = None
+    request_sub_resource: str = ""
+    name: str = ""
+    namespace: str = ""
+    user_info: UserInfo = UserInfo()
+    # msgspec cannot decode `Raw | None` (it then only accepts null): an absent member is an
+    # empty Raw, a JSON null is Raw(b"null"); `_decode_raw` maps both to None.
+    object: msgspec.Raw = msgspec.Raw()
+    old_object: msgspec.Raw = msgspec.Raw()
+    dry_run: bool = False
+    options: msgspec.Raw = msgspec.Raw()
+
+
+class AdmissionReviewIn(msgspec.Struct, rename="camel"):
+    """An incoming AdmissionReview. `request` is required by the admission contract."""
+
+    api_version: str = ""
+    kind: str = ""
+    request: AdmissionRequest | None = None
+
+
+class Status(msgspec.Struct, omit_defaults=True):
+    """metav1.Status as used inside an AdmissionResponse."""
+
+    code: int | None = None
+    message: str = ""
+    reason: str = ""
+
+
+class AdmissionResponse(msgspec.Struct, rename="camel", omit_defaults=True):
+    uid: str
+    allowed: bool
+    status: Status | None = None
+    patch: bytes | None = None  # msgspec encodes bytes as base64, as the API requires
+    patch_type: str | None = None
+    warnings: list[str] | None = None
+    audit_annotations: dict[str, str] | None = None
+
+
+class AdmissionReviewOut(msgspec.Struct, rename="camel"):
+    response: AdmissionResponse
+    api_version: str = API_VERSION
+    kind: str = KIND
+
+
+class ReviewDecodeError(ValueError):
+    """The body is not a usable AdmissionReview. The message says why (sent back with a 400)."""
+
+
+_review_decoder = msgspec.json.Decoder(AdmissionReviewIn)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_review(body: bytes) -> AdmissionRequest:
+    """Decode an AdmissionReview body into its request, or raise ReviewDecodeError."""
+    try:
+        review = _review_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        # ValidationError is a subclass of DecodeError; both messages name the JSON path.
+        raise ReviewDecodeError(f"invalid AdmissionReview: {exc}") from None
+    except RecursionError:
+        # msgspec raises this (not a DecodeError) for JSON nested deeper than it recurses.
+        raise ReviewDecodeError("invalid AdmissionReview: JSON nested too deeply") from None
+    if review.kind and review.kind != KIND:
+        raise ReviewDecodeError(f"expected kind {KIND!r}, got {review.kind!r}")
+    if review.api_version and review.api_version != API_VERSION:
+        raise ReviewDecodeError(
+            f"unsupported apiVersion {review.api_version!r}; only {API_VERSION} is served"
+        )
+    if review.request is None:
+        raise ReviewDecodeError("AdmissionReview has no request")
+    if not review.request.uid:
+        raise ReviewDecodeError("AdmissionReview request has an empty uid")
+    return review.request
+
+
+def encode_response(response: AdmissionResponse) -> bytes:
+    return _encoder.encode(AdmissionReviewOut(response=response))
+
+
+def _decode_raw(raw: msgspec.Raw | None, typ: type[T]) -> T | None:
+    if raw is None:
+        return None
+    data = bytes(raw)
+    if not data or data == b"null":
+        return None
+    return msgspec.json.decode(data, type=typ)
+
+
+class Request:
+    """What a handler sees: the decoded envelope plus lazy, typed access to the objects.
+
+    `object_as(PodView)` decodes the raw `object` into `PodView` once and caches it, so several
+    handlers on one path that share a view type decode it only once.
+    """
+
+    __slots__ = ("_cache", "raw")
+
+    def __init__(self, raw: AdmissionRequest) -> None:
+        self.raw = raw
+        self._cache: dict[tuple[str, type[Any]], Any] = {}
+
+    @property
+    def uid(self) -> str:
+        return self.raw.uid
+
+    @property
+    def operation(self) -> str:
+        return self.raw.operation
+
+    @property
+    def resource(self) -> str:
+        return self.raw.resource.resource
+
+    @property
+    def sub_resource(self) -> str:
+        return self.raw.sub_resource
+
+    @property
+    def namespace(self) -> str:
+        return self.raw.namespace
+
+    @property
+    def name(self) -> str:
+        return self.raw.name
+
+    @property
+    def user(self) -> UserInfo:
+        return self.raw.user_info
+
+    @property
+    def dry_run(self) -> bool:
+        return self.raw.dry_run
+
+    @property
+    def kind(self) -> GroupVersionKind:
+        return self.raw.kind
+
+    def _get(self, which: str, raw: msgspec.Raw | None, typ: type[T]) -> T | None:
+        key = (which, typ)
+        if key in self._cache:
+            value: T | None = self._cache[key]
+            return value
+        decoded = _decode_raw(raw, typ)
+        self._cache[key] = decoded
+        return decoded
+
+    def object_as(self, typ: type[T]) -> T | None:
+        """`request.object` decoded as `typ`, or None when absent/null (e.g. on DELETE)."""
+        return self._get("object", self.raw.object, typ)
+
+    def old_object_as(self, typ: type[T]) -> T | None:
+        """`request.oldObject` decoded as `typ`, or None when absent/null (e.g. on CREATE)."""
+        return self._get("oldObject", self.raw.old_object, typ)
+
+    def options_as(self, typ: type[T]) -> T | None:
+        return self._get("options", self.raw.options, typ)
+
+    def describe(self) -> str:
+        """`operation resource[/sub] namespace/name` for messages and logs."""
+        res = self.resource + (f"/{self.sub_resource}" if self.sub_resource else "")
+        target = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.operation} {res} {target}"

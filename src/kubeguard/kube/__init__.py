@@ -1,0 +1,1 @@
+"""Kubernetes access: client set-up, reflectors, the shared state store, events."""

@@ -1,0 +1,1 @@
+"""kubeguard.sim: the embedded simulated cluster."""
