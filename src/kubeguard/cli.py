@@ -100,6 +100,13 @@ def certs(out: Path, dns: tuple[str, ...], ips: tuple[str, ...], days: int) -> N
 
 
 # --- subcommands --- (one import + add_command per module that provides commands)
+def _register_subcommands() -> None:
+    from kubeguard.sim.cli import sim_group
+
+    cli.add_command(sim_group)
+
+
+_register_subcommands()
 
 
 def main() -> None:
