@@ -102,12 +102,14 @@ def certs(out: Path, dns: tuple[str, ...], ips: tuple[str, ...], days: int) -> N
 # --- subcommands --- (one import + add_command per module that provides commands)
 def _register_subcommands() -> None:
     from kubeguard.demo import demo as demo_command
+    from kubeguard.manifests import manifests as manifests_command
     from kubeguard.protection.cli import COMMANDS as protection_commands
     from kubeguard.sim.cli import sim_group
 
     for command in protection_commands:
         cli.add_command(command)
     cli.add_command(demo_command)
+    cli.add_command(manifests_command)
     cli.add_command(sim_group)
 
 

@@ -277,6 +277,14 @@ async def _serve(
         raise
     except ValueError as exc:
         raise ConfigError(f"cannot set up the notifier or the enabled webhooks: {exc}") from None
+    if settings.self_signed:  # before the server loads cert_dir and before the tasks start
+        from kubeguard.selfsigned import SelfSignedError, setup_self_signed
+
+        try:
+            await setup_self_signed(runtime, registry=registry)
+        except SelfSignedError as exc:
+            raise ConfigError(f"--self-signed (KUBEGUARD_SELF_SIGNED): {exc}") from None
+
     log.info(
         "kubeguard starting",
         extra={
