@@ -3,6 +3,7 @@ real CLI. The demo checks every step itself and exits non-zero when one did not 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,9 +37,14 @@ def test_protection_demo_passes_every_check(tmp_path: Path) -> None:
         assert expected in out
     assert "FAIL" not in out
     # kubeguard ran as its own process and logged its decisions as JSON lines.
-    log = (tmp_path / "kubeguard.log").read_text()
-    assert '"msg": "admission decision"' in log
-    assert '"decision": "denied"' in log
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "kubeguard.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    decisions = [r for r in lines if r["msg"] == "admission decision"]
+    assert any(r["decision"] == "denied" for r in decisions)
+    assert all(r["uid"] and r["user"] for r in decisions)
 
 
 def test_sts_demo_passes_every_check(tmp_path: Path) -> None:
