@@ -542,6 +542,9 @@ def deployment_objects(opts: ManifestOptions) -> list[JSON]:
         "startupProbe": probe("/healthz", 2, 30),
         "livenessProbe": probe("/healthz", 10, 3),
         "readinessProbe": probe("/readyz", 5, 3),
+        # Keep serving while the endpoint removal reaches every kube-apiserver: a webhook call
+        # routed to a replica that already stopped fails (and evictions fail closed).
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
         "resources": copy.deepcopy(dict(opts.resources)),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -552,6 +555,8 @@ def deployment_objects(opts: ManifestOptions) -> list[JSON]:
     }
     pod_spec: JSON = {
         "serviceAccountName": s.service_account,
+        # preStop 5 s + up to 20 s for in-flight requests + shutdown hooks
+        "terminationGracePeriodSeconds": 40,
         "priorityClassName": opts.priority_class,
         "securityContext": {
             "runAsNonRoot": True,
