@@ -6,17 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from kubeguard.config import OPTIONS, reference_table
+from kubeguard.config import HELP_ZH, OPTIONS, reference_table
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("readme", ["README.md", "README.zh-CN.md"])
-def test_readme_embeds_the_current_configuration_reference(readme: str) -> None:
+@pytest.mark.parametrize(("readme", "lang"), [("README.md", "en"), ("README.zh-CN.md", "zh")])
+def test_readme_embeds_the_current_configuration_reference(readme: str, lang: str) -> None:
     text = (REPO / readme).read_text()
-    assert reference_table() in text, (
-        f"{readme}: regenerate the table from config.reference_table()"
-    )
+    table = reference_table(lang)
+    assert table in text, f"{readme}: regenerate the table with config.reference_table({lang!r})"
     for opt in OPTIONS:
         assert f"`{opt.env}`" in text
 
@@ -41,3 +40,7 @@ def test_readme_shows_the_seed_callback_paths(readme: str) -> None:
     ):
         assert path in text
     assert '{"status": "success", "message": "Interception disabled successfully"}' in text
+
+
+def test_every_option_has_a_chinese_help_text() -> None:
+    assert set(HELP_ZH) == {opt.field for opt in OPTIONS}

@@ -675,11 +675,82 @@ def validate(settings: Settings) -> None:
         raise ConfigError("--local serves plain HTTP; it cannot be combined with --self-signed")
 
 
-def reference_table() -> str:
-    """The configuration reference as a Markdown table (README.md and README.zh-CN.md embed
-    it; a test keeps them in sync with `OPTIONS`)."""
-    defaults = Settings(namespace="(service-account namespace, else kubeguard-system)")
-    rows = ["| Flag | Environment | Default | Meaning |", "|---|---|---|---|"]
+# Chinese help texts for README.zh-CN.md (a test checks every option has one).
+HELP_ZH: dict[str, str] = {
+    "port": "Webhook 服务的 HTTPS 端口。",
+    "bind_address": "监听地址（集群内用 0.0.0.0；本地运行用 127.0.0.1）。",
+    "cert_dir": "存放 tls.crt 和 tls.key 的目录（热加载）。",
+    "local": "本地开发：明文 HTTP，通过本地 kubeconfig 访问 Kubernetes。",
+    "cert_reload_interval": "检查证书文件变化的间隔。",
+    "log_format": "日志格式。",
+    "log_level": "日志级别。",
+    "feature_gates": "开启或关闭 Webhook，例如 PodEvictionProtection=true,StsNodeSelector=false。",
+    "kubeconfig": "kubeconfig 文件（默认：集群内配置，其次 ~/.kube/config）。",
+    "namespace": "kubeguard 状态对象、Secret 和事件所在的 namespace。",
+    "service_account": "kubeguard 自己的 service account 名称（其 re-drive 总是放行）。",
+    "self_signed": "生成 CA 和服务证书，保存到 Secret，并修补 caBundle。",
+    "service_name": "服务证书签发给的 Service 名称（自签名模式）。",
+    "cert_secret": "保存自签名 CA 和服务证书的 Secret。",
+    "notready_threshold": "窗口内进入 NotReady 即启动保护的工作节点数：数量或百分比。",
+    "notready_window": "检测窗口，例如 5m、300s 或 300。",
+    "worker_selector": "被监控的工作节点的标签选择器。",
+    "count_cordoned": "把已 cordon（spec.unschedulable）的节点计入启动条件。",
+    "count_excluded": "把带 node.kubernetes.io/exclude-disruption 标签的节点计入启动条件。",
+    "protect_ready_condition": "保护期间同时拒绝把 Ready 改为 False 的 pods/status 更新。",
+    "mode": "enforce 拒绝；warn 以准入警告放行（仅观察）。",
+    "eviction_deny_code": "拒绝驱逐时的 HTTP 状态码（429 让 kubectl drain 重试）。",
+    "delete_deny_code": "拒绝删除或状态更新时的 HTTP 状态码。",
+    "break_glass_users": "总是放行的用户，逗号分隔（记审计日志）。",
+    "break_glass_groups": "总是放行的用户组，逗号分隔（记审计日志）。",
+    "state_name": "保存共享保护状态的 ConfigMap 名称。",
+    "webhook_config_name": "ValidatingWebhookConfiguration 的名称（自签名模式下修补其 caBundle）。",
+    "redrive": "解除保护时，驱逐滞留在仍 NotReady 节点上的 Pod。",
+    "redrive_rate": "re-drive 每秒驱逐数（全局）。",
+    "redrive_force_delete_after": (
+        "驱逐被 PodDisruptionBudget 阻止超过该时长后直接删除 Pod（默认：从不）。"
+    ),
+    "auto_release_after": "所有节点 Ready 持续该时长后自动解除保护（默认：从不）。",
+    "callback_auth": (
+        "Callback API 认证：TokenReview + SubjectAccessReview，或 none（仅 127.0.0.1/--local）。"
+    ),
+    "callback_auth_group": "SubjectAccessReview 检查回调开关时使用的 API 组。",
+    "callback_auth_resource": "SubjectAccessReview 检查回调开关时使用的资源。",
+    "callback_auth_verb": "SubjectAccessReview 检查回调开关时使用的动作。",
+    "sts_label_key": "让 StatefulSet Pod 选择加入序号 nodeSelector 的 Pod 标签。",
+    "sts_annotation": "保存 nodeSelector JSON 的 Pod 注解。",
+    "sts_invalid_action": "选择加入的 Pod 注解缺失或格式错误时的处理方式。",
+    "ordinal_env_name": "保存 StatefulSet 序号的环境变量名。",
+    "ordinal_env_label": "选择加入序号环境变量的 Pod 标签（值为 true）。",
+    "ordinal_env_init_containers": "同时向 init 容器注入序号环境变量。",
+    "delete_protection_resources": "受 kubeguard.io/delete-protection 标签保护的资源，逗号分隔。",
+    "sidecar_configmap": (
+        "定义注入 sidecar 的 ConfigMap（在 kubeguard 的 namespace 中，键 sidecar.yaml）。"
+    ),
+    "sidecar_label": "选择加入 sidecar 注入的 namespace 或 Pod 标签（值为 true）。",
+    "dingtalk_url": "钉钉机器人 Webhook URL（不会写入日志）。",
+    "dingtalk_secret": "钉钉机器人签名密钥（不会写入日志）。",
+    "dingtalk_msgtype": "钉钉消息类型。",
+    "notify_webhook_url": "接收通知的通用 JSON Webhook。",
+    "notify_events": "需要通知的事件，逗号分隔。",
+}
+
+
+def reference_table(lang: str = "en") -> str:
+    """The configuration reference as a Markdown table (README.md embeds the English one,
+    README.zh-CN.md the Chinese one; a test keeps them in sync with `OPTIONS`)."""
+    zh = lang == "zh"
+    default_ns = (
+        "（service account 所在 namespace，否则 kubeguard-system）"
+        if zh
+        else ("(service-account namespace, else kubeguard-system)")
+    )
+    defaults = Settings(namespace=default_ns)
+    header = (
+        "| 参数 | 环境变量 | 默认值 | 说明 |"
+        if zh
+        else "| Flag | Environment | Default | Meaning |"
+    )
+    rows = [header, "|---|---|---|---|"]
     for opt in OPTIONS:
         value = getattr(defaults, opt.field)
         if isinstance(value, tuple):
@@ -688,5 +759,6 @@ def reference_table() -> str:
             value = str(value).lower()
         shown = "—" if value is None or value == "" else f"`{value}`"
         flag = f"`{opt.flag}`/`--no-{opt.flag[2:]}`" if opt.is_flag else f"`{opt.flag}`"
-        rows.append(f"| {flag} | `{opt.env}` | {shown} | {opt.help} |")
+        meaning = HELP_ZH[opt.field] if zh else opt.help
+        rows.append(f"| {flag} | `{opt.env}` | {shown} | {meaning} |")
     return "\n".join(rows) + "\n"
