@@ -566,12 +566,16 @@ class PodIndex:
         watch_timeout: tuple[float, float] = (300.0, 600.0),
         backoff: Callable[[], Backoff] = Backoff,
         request_timeout: float = 10.0,
+        lookup_timeout: float = 3.0,
     ) -> None:
         self.client = client
         self.registry = registry or CollectorRegistry()
         self.watch_timeout = watch_timeout
         self.backoff = backoff
         self.request_timeout = request_timeout
+        # The fallback GET runs on the admission path: it must end well inside the API
+        # server's webhook timeout (5 s) so that kubeguard answers with its own error.
+        self.lookup_timeout = lookup_timeout
         self._reflectors: dict[str, Reflector[PodView]] = {}
         self._node_of: dict[str, str] = {}  # "namespace/name" -> node
         self._stopping: set[asyncio.Task[None]] = set()
@@ -650,7 +654,7 @@ class PodIndex:
     async def get_pod(self, namespace: str, name: str) -> PodView | None:
         """One GET, for use only while an index is not synced. None when the pod does not
         exist; raises KubeApiError / httpx2 errors otherwise."""
-        return await get_pod(self.client, namespace, name, http_timeout=self.request_timeout)
+        return await get_pod(self.client, namespace, name, http_timeout=self.lookup_timeout)
 
     async def aclose(self) -> None:
         for node in list(self._reflectors):
