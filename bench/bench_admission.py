@@ -1,13 +1,25 @@
 """Admission server throughput and latency (not a test; prints figures).
 
 Starts the real server in its own process (uvloop, httptools, TLS with hot reload, JSON decision
-logging at info level to a file) with one trivial allowing handler on /validate, then drives it
-from a separate load-generator process with two AdmissionReviews built from the Kubernetes 1.36
-fixtures:
+logging to a file) with one handler on /validate, then drives it from a separate load-generator
+process with AdmissionReviews from the Kubernetes 1.36 fixtures. Two handlers (`--handler`):
 
-* a ~20 KB pod UPDATE (pods/status from the disruption controller, padded to 20 KB with a
-  last-applied-configuration annotation, as `kubectl apply` leaves on real pods);
-* a pod DELETE (kubectl delete, default grace).
+* `trivial`: allows everything (the cost of the server and the framework alone);
+* `protection`: the real pod eviction protection handler (`kubeguard.protection`), *engaged*,
+  with the reviewed pods bound to a NotReady node: its snapshot (the one attribute the hot path
+  reads, normally rebuilt from the node reflector and the shared ConfigMap) is built for the
+  bench, so no cluster is needed while measuring. The node-controller's requests are real
+  denials; the disruption controller's reset and a user's delete of a pod on a Ready node are
+  real allows.
+
+Payloads:
+
+* a ~20 KB pod UPDATE (pods/status, padded to 20 KB with a last-applied-configuration
+  annotation, as `kubectl apply` leaves on real pods): the taint-eviction DisruptionTarget
+  patch of the node-controller (protection: denied) and the disruption controller's reset of a
+  stale DisruptionTarget (allowed);
+* a pod DELETE: the node-controller's taint eviction (protection: denied) and kubectl's
+  (default grace, of a pod on a Ready node: allowed).
 
 Two load shapes each:
 
@@ -16,9 +28,11 @@ Two load shapes each:
   connections;
 * saturation: `wrk` (apt-get install wrk) when available, else the asyncio client closed-loop.
 
-On a machine with at least 2 CPUs the server is pinned to CPU 0 and the load to CPU 1.
+On a machine with at least 2 CPUs the server is pinned to CPU 0 and the load to CPU 1. Every
+decision is checked once before the load starts (allowed/denied as expected).
 
-    .venv/bin/python bench/bench_admission.py [--seconds 10] [--rate 1000] [--log-level info]
+    .venv/bin/python bench/bench_admission.py [--handler trivial|protection|all]
+        [--log-level info[,warning]] [--seconds 10] [--rate 1000]
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -44,9 +59,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(
     os.environ.get("KUBEGUARD_FIXTURES", REPO.parent / "shared" / "fixtures" / "k8s-1.36")
 )
-UPDATE_FIXTURE = "pod-status-update-disruption-target-reset-by-disruption-controller.json"
-DELETE_FIXTURE = "pod-delete-by-user-kubectl-default-grace.json"
+UPDATE_ALLOWED = "pod-status-update-disruption-target-reset-by-disruption-controller.json"
+UPDATE_DENIED = "pod-status-patch-disruption-target-by-node-controller.json"
+DELETE_ALLOWED = "pod-delete-by-user-kubectl-default-grace.json"
+DELETE_DENIED = "pod-delete-by-node-controller.json"
 TARGET_UPDATE_BYTES = 20 * 1024
+# The node the node-controller's fixtures' pod is bound to; the protection handler's snapshot
+# has it NotReady and protected (kubectl's DELETE is of a pod on another, Ready node).
+NOTREADY_NODES = ("victim-node", "victim-node-2", "victim-node-3")
 
 
 # --- payloads ------------------------------------------------------------------------------------
@@ -56,25 +76,42 @@ def _compact(doc: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def build_payloads() -> dict[str, bytes]:
-    admission = FIXTURES / "admission"
-    update = json.loads((admission / UPDATE_FIXTURE).read_text())
+def _padded_update(fixture: str) -> bytes:
+    update = json.loads((FIXTURES / "admission" / fixture).read_text())
     update["request"]["uid"] = str(uuid.uuid4())
     annotations = update["request"]["object"]["metadata"].setdefault("annotations", {})
     pad = TARGET_UPDATE_BYTES - len(_compact(update)) - 60
     if pad > 0:
         # What `kubectl apply` stores on every object it manages.
         annotations["kubectl.kubernetes.io/last-applied-configuration"] = "x" * pad
-    delete = json.loads((admission / DELETE_FIXTURE).read_text())
-    return {"pod UPDATE": _compact(update), "pod DELETE": _compact(delete)}
+    return _compact(update)
+
+
+def _review(fixture: str) -> bytes:
+    return _compact(json.loads((FIXTURES / "admission" / fixture).read_text()))
+
+
+def build_payloads(handler: str) -> list[tuple[str, bytes, bool]]:
+    """(label, body, expected `allowed`) for each payload of `handler`."""
+    if handler == "trivial":
+        return [
+            ("pod UPDATE", _padded_update(UPDATE_ALLOWED), True),
+            ("pod DELETE", _review(DELETE_ALLOWED), True),
+        ]
+    return [
+        ("UPDATE denied", _padded_update(UPDATE_DENIED), False),
+        ("DELETE denied", _review(DELETE_DENIED), False),
+        ("UPDATE allowed", _padded_update(UPDATE_ALLOWED), True),
+        ("DELETE allowed", _review(DELETE_ALLOWED), True),
+    ]
 
 
 # --- the server process --------------------------------------------------------------------------
 
 
-def serve(cert_dir: Path, log_level: str) -> None:
-    """Child process: the real server with a trivial allowing handler on /validate."""
-    from kubeguard.admission import HandlerSpec, Request, Response, allowed
+def serve(cert_dir: Path, log_level: str, handler: str) -> None:
+    """Child process: the real server with the chosen handler on /validate."""
+    from kubeguard.admission import HandlerSpec
     from kubeguard.admission.registry import group_webhooks
     from kubeguard.cli import run_async
     from kubeguard.config import Settings
@@ -83,14 +120,13 @@ def serve(cert_dir: Path, log_level: str) -> None:
     from kubeguard.runtime import Runtime
     from kubeguard.server.run import start_server
 
-    class Allow:
-        async def handle(self, request: Request) -> Response:
-            return allowed()
-
     async def main() -> None:
         settings = Settings(bind_address="127.0.0.1", port=0, cert_dir=cert_dir)
         runtime = Runtime(settings)
-        spec = HandlerSpec("allow", "/validate", "validating", Allow())
+        if handler == "protection":
+            spec = _protection_spec(runtime)
+        else:
+            spec = HandlerSpec("allow", "/validate", "validating", _Allow())
         webhooks = group_webhooks([spec], AdmissionMetrics(runtime.registry))
         server = await start_server(runtime, webhooks, settings)
         print(server.port, flush=True)
@@ -101,6 +137,81 @@ def serve(cert_dir: Path, log_level: str) -> None:
 
     setup_logging("json", log_level)
     run_async(main())
+
+
+class _Allow:
+    async def handle(self, request: Any) -> Any:
+        from kubeguard.admission import allowed
+
+        return allowed()
+
+
+def _protection_spec(runtime: Any) -> Any:
+    """The real protection handler, engaged, as `Protector` wires it, minus the cluster: the
+    policy configuration and metrics come from a `Protector` built without API access, the
+    snapshot says three worker nodes are NotReady and protection is engaged, and denied pods
+    are de-duplicated as the `Protector` does before it records an Event."""
+    from kubeguard.admission import HandlerSpec
+    from kubeguard.protection.handler import ProtectionHandler
+    from kubeguard.protection.plugin import HANDLER_NAME, PATH, webhook_entries
+    from kubeguard.protection.policy import Snapshot
+    from kubeguard.protection.protector import Protector
+
+    protector = Protector(runtime.settings, None, runtime.registry, identity="bench")
+
+    class Engaged:
+        snapshot = Snapshot(
+            enabled=True,
+            engaged=True,
+            protected_nodes=frozenset(NOTREADY_NODES),
+            cause="3 of 8 worker nodes went NotReady within the window (threshold 3): "
+            + ", ".join(NOTREADY_NODES),
+        )
+
+    class Pods:  # evictions are not benchmarked; the index would say "on no protected node"
+        def lookup(self, namespace: str, name: str) -> str | None:
+            return ""
+
+        async def fetch(self, namespace: str, name: str) -> str | None:
+            return None
+
+    denied_pods: set[str] = set()
+
+    def on_denied(namespace: str, name: str, *_: Any) -> None:
+        denied_pods.add(f"{namespace}/{name}")
+
+    handler = ProtectionHandler(
+        Engaged(), Pods(), protector.policy_config, protector.metrics, on_denied=on_denied
+    )
+    return HandlerSpec(
+        HANDLER_NAME,
+        PATH,
+        "validating",
+        handler,
+        failure_policy="Ignore",
+        entries=webhook_entries(runtime.settings),
+    )
+
+
+def check_decision(port: int, ca: Path, body: bytes, expect_allowed: bool) -> str:
+    """POST one review and check the decision: "allowed 200" / "denied 403"."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    raw = socket.create_connection(("127.0.0.1", port))
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        tls.sendall(_http_request(port, body))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += tls.recv(65536)
+        head, rest = data.split(b"\r\n\r\n", 1)
+        match = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        assert match is not None, head
+        while len(rest) < int(match.group(1)):
+            rest += tls.recv(65536)
+    response = json.loads(rest)["response"]
+    if response["allowed"] != expect_allowed:
+        raise SystemExit(f"unexpected decision {response} (expected allowed={expect_allowed})")
+    status = response.get("status") or {}
+    return f"{'allowed' if response['allowed'] else 'denied'} {status.get('code', 200)}"
 
 
 # --- a lean load generator -----------------------------------------------------------------------
@@ -296,7 +407,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0)
-    parser.add_argument("--log-level", default="info", help="server log level (info logs each)")
+    parser.add_argument(
+        "--handler",
+        default="all",
+        choices=["trivial", "protection", "all"],
+        help="the handler on /validate (all: one server of each, in turn)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        help="server log level (info logs each decision); a comma-separated list runs a server "
+        "for each, e.g. info,warning",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -305,7 +427,7 @@ def main() -> None:
     parser.add_argument("--body", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(Path(args.serve), args.log_level)
+        serve(Path(args.serve), args.log_level, args.handler)
         return
     if args.load:
         load(args)
@@ -318,6 +440,8 @@ def main() -> None:
     pin_server = [taskset, "-c", "0"] if taskset else []
     pin_load = [taskset, "-c", "1"] if taskset else []
     have_wrk = shutil.which("wrk") is not None
+    handlers = ["trivial", "protection"] if args.handler == "all" else [args.handler]
+    levels = [level.strip() for level in args.log_level.split(",") if level.strip()]
 
     with tempfile.TemporaryDirectory(prefix="kg-bench-") as tmp:
         work = Path(tmp)
@@ -325,66 +449,85 @@ def main() -> None:
         write_cert_dir(work / "certs", ca, generate_serving(ca, ip_addresses=["127.0.0.1"]))
         script = work / "post.lua"
         script.write_text(WRK_SCRIPT)
-        payloads = build_payloads()
-        log_file = work / "server.log"
-        with log_file.open("wb") as log_out:
-            server = subprocess.Popen(
-                [
-                    *pin_server,
-                    sys.executable,
-                    __file__,
-                    "--serve",
-                    str(work / "certs"),
-                    "--log-level",
-                    args.log_level,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log_out,
-                text=True,
-            )
-            try:
-                assert server.stdout is not None
-                port = int(server.stdout.readline())
-                print(
-                    f"kubeguard admission server: 1 process, uvloop + httptools, TLS, "
-                    f"decision log level {args.log_level}; {cpus} CPUs"
-                    + (", server on CPU 0, load on CPU 1" if taskset else "")
-                )
-                print(
-                    f"{'payload':<20} {'load':<30} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
-                    f"{'srv CPU us/req':>14}  err"
-                )
-                for name, body in payloads.items():
-                    body_file = work / f"{name.split()[1].lower()}.json"
-                    body_file.write_bytes(body)
-                    label = f"{name} ({len(body) / 1024:.1f} KB)"
-                    # Warm-up (connections, caches).
-                    _load(pin_load, "closed", port, work, body_file, 1.0, args.rate)
-                    cpu = _cpu_seconds(server.pid)
-                    fixed = _load(pin_load, "fixed", port, work, body_file, args.seconds, args.rate)
-                    fixed["cpu"] = _cpu_seconds(server.pid) - cpu
-                    _print(label, f"fixed {args.rate:.0f} req/s (asyncio)", fixed)
-                    cpu = _cpu_seconds(server.pid)
-                    if have_wrk:
-                        sat = run_wrk(port, body_file, script, args.seconds, pin_load)
-                        load_name = "saturation (wrk, 32 conns)"
-                    else:
-                        sat = _load(pin_load, "closed", port, work, body_file, args.seconds, 0)
-                        load_name = "saturation (asyncio, 32 conns)"
-                    sat["cpu"] = _cpu_seconds(server.pid) - cpu
-                    _print(label, load_name, sat)
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-        lines = sum(1 for _ in log_file.open("rb"))
-        print(f"server wrote {lines} log lines; exit code {server.returncode}")
         print(
-            "srv CPU us/req: server process CPU time per request (from /proc), which unlike req/s"
-            " hardly depends on what else runs on the machine; 1e6 / it = req/s one core sustains."
+            f"kubeguard admission server: 1 process, uvloop + httptools, TLS; {cpus} CPUs"
+            + (", server on CPU 0, load on CPU 1" if taskset else "")
         )
+        print(
+            f"{'handler':<11} {'log':<8} {'payload':<27} {'load':<24} {'req/s':>7} {'p50 ms':>7} "
+            f"{'p99 ms':>7} {'CPU us/req':>10}  err"
+        )
+        for handler in handlers:
+            for level in levels:
+                _bench_server(args, work, handler, level, script, pin_server, pin_load, have_wrk)
+        print(
+            "CPU us/req: server process CPU time per request (from /proc), which unlike req/s "
+            "hardly depends on what else runs on the machine; 1e6 / it = req/s one core sustains."
+        )
+
+
+def _bench_server(
+    args: argparse.Namespace,
+    work: Path,
+    handler: str,
+    level: str,
+    script: Path,
+    pin_server: list[str],
+    pin_load: list[str],
+    have_wrk: bool,
+) -> None:
+    """One server process (handler, log level), every payload at fixed rate and saturation."""
+    log_file = work / f"server-{handler}-{level}.log"
+    ca = work / "certs" / "ca.crt"
+    with log_file.open("wb") as log_out:
+        server = subprocess.Popen(
+            [
+                *pin_server,
+                sys.executable,
+                __file__,
+                "--serve",
+                str(work / "certs"),
+                "--log-level",
+                level,
+                "--handler",
+                handler,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log_out,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            for name, body, expect_allowed in build_payloads(handler):
+                body_file = work / "body.json"
+                body_file.write_bytes(body)
+                decision = check_decision(port, ca, body, expect_allowed)
+                label = f"{name} {len(body) / 1024:.0f}KB {decision.split()[0]}"
+                prefix = f"{handler:<11} {level:<8} {label:<27}"
+                # Warm-up (connections, caches).
+                _load(pin_load, "closed", port, work, body_file, 1.0, args.rate)
+                cpu = _cpu_seconds(server.pid)
+                fixed = _load(pin_load, "fixed", port, work, body_file, args.seconds, args.rate)
+                fixed["cpu"] = _cpu_seconds(server.pid) - cpu
+                _print(prefix, f"fixed {args.rate:.0f}/s (asyncio)", fixed)
+                cpu = _cpu_seconds(server.pid)
+                if have_wrk:
+                    sat = run_wrk(port, body_file, script, args.seconds, pin_load)
+                    load_name = "saturation (wrk -c32)"
+                else:
+                    sat = _load(pin_load, "closed", port, work, body_file, args.seconds, 0)
+                    load_name = "saturation (asyncio)"
+                sat["cpu"] = _cpu_seconds(server.pid) - cpu
+                _print(prefix, load_name, sat)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    if server.returncode != 0:
+        print(f"server exited with {server.returncode}; its log:\n{log_file.read_text()[-2000:]}")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -422,14 +565,15 @@ def _load(
     return result
 
 
-def _print(label: str, load: str, r: dict[str, Any]) -> None:
+def _print(prefix: str, load: str, r: dict[str, Any]) -> None:
     errors = r.get("errors", 0)
     sock = r.get("socket_errors")
     err = f"{errors}" + (f" ({sock})" if sock and sock != "none" else "")
     per_request = r["cpu"] / r["requests"] * 1e6 if r.get("requests") else float("nan")
     print(
-        f"{label:<20} {load:<30} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-        f"{per_request:>14.0f}  {err}"
+        f"{prefix} {load:<24} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+        f"{per_request:>10.0f}  {err}",
+        flush=True,
     )
 
 

@@ -84,6 +84,11 @@ def setup_logging(fmt: str = "json", level: str = "info", stream: TextIO | None 
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # No log line shows the process, thread or multiprocessing names: skip collecting them
+    # (a getpid() syscall per record on the admission path).
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     # uvicorn's own access log would duplicate our decision lines.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

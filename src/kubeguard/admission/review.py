@@ -126,13 +126,14 @@ def encode_response(response: AdmissionResponse) -> bytes:
     return _encoder.encode(AdmissionReviewOut(response=response))
 
 
+_NULL = msgspec.Raw(b"null")
+
+
 def _decode_raw(raw: msgspec.Raw | None, typ: type[T]) -> T | None:
-    if raw is None:
+    # Decoded straight from the Raw (it supports the buffer protocol): no copy of the object.
+    if raw is None or not len(raw) or raw == _NULL:
         return None
-    data = bytes(raw)
-    if not data or data == b"null":
-        return None
-    return msgspec.json.decode(data, type=typ)
+    return msgspec.json.decode(raw, type=typ)
 
 
 class Request:

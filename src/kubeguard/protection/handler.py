@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from kubeguard.admission.handler import Response, allowed, denied
 from kubeguard.admission.review import Request
@@ -60,6 +60,9 @@ class ProtectionHandler:
         self.config = config
         self.metrics = metrics
         self.on_denied = on_denied
+        # (allowed, action, reason) -> labelled counter child: `labels()` takes a lock and
+        # validates the label values on every call, a few µs on the admission hot path.
+        self._counters: dict[tuple[bool, str, str], Any] = {}
 
     async def handle(self, request: Request) -> Response:
         if request.resource != "pods":
@@ -140,8 +143,12 @@ class ProtectionHandler:
     ) -> Response:
         reason = response.reason
         if self.metrics is not None:
-            counter = self.metrics.allowed if response.allowed else self.metrics.intercepted
-            counter.labels(disruption.action, reason).inc()
+            key = (response.allowed, disruption.action, reason)
+            child = self._counters.get(key)
+            if child is None:
+                counter = self.metrics.allowed if response.allowed else self.metrics.intercepted
+                child = self._counters[key] = counter.labels(disruption.action, reason)
+            child.inc()
         if reason in (policy.R_SELF, policy.R_BREAK_GLASS, policy.R_WARN):
             user = request.user
             log.info(
