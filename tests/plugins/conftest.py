@@ -103,6 +103,15 @@ def webhooks_for(runtime: Runtime, gates: str) -> list[Webhook]:
     return reg.build(reg.gates(gates), runtime, AdmissionMetrics(runtime.registry))
 
 
+def plugin_webhook(gate: str, **overrides: Any) -> tuple[Webhook, RecordingNotifier]:
+    """The single webhook served with only `gate` enabled (no kube client), and a notifier
+    that records what it sends. `overrides` are Settings fields."""
+    notifier = RecordingNotifier()
+    runtime = Runtime(settings(**overrides), notifier=notifier)
+    [webhook] = webhooks_for(runtime, f"{gate}=true")
+    return webhook, notifier
+
+
 @dataclass
 class Decision:
     """An AdmissionReview answer, decoded."""

@@ -19,6 +19,7 @@ from kubeguard.runtime import Runtime
 from .conftest import (
     RecordingNotifier,
     patched_object,
+    plugin_webhook,
     review,
     settings,
     sts_pod_review,
@@ -29,9 +30,7 @@ ANNOTATION = "custom-node-selector"
 
 
 def make_webhook(**overrides: Any) -> tuple[Webhook, RecordingNotifier]:
-    notifier = RecordingNotifier()
-    runtime = Runtime(settings(**overrides), notifier=notifier)
-    [webhook] = webhooks_for(runtime, "StsNodeSelector=true")
+    webhook, notifier = plugin_webhook("StsNodeSelector", **overrides)
     assert webhook.path == PATH
     return webhook, notifier
 

@@ -11,6 +11,7 @@ from kubeguard.runtime import Runtime
 from .conftest import (
     RecordingNotifier,
     patched_object,
+    plugin_webhook,
     review,
     settings,
     sts_pod_review,
@@ -21,10 +22,7 @@ LABEL = "kubeguard.io/ordinal-env"
 
 
 def make_webhook(**overrides: Any) -> tuple[Webhook, RecordingNotifier]:
-    notifier = RecordingNotifier()
-    runtime = Runtime(settings(**overrides), notifier=notifier)
-    [webhook] = webhooks_for(runtime, "StsOrdinalEnv=true")
-    return webhook, notifier
+    return plugin_webhook("StsOrdinalEnv", **overrides)
 
 
 def pod_review(

@@ -37,7 +37,7 @@ from kubeguard.admission.handler import Response, allowed, denied, patched
 from kubeguard.admission.jsonpatch import set_map_entry
 from kubeguard.admission.registry import Plugin
 from kubeguard.admission.review import Request
-from kubeguard.admission.webhook import HandlerSpec, Rule, WebhookEntry
+from kubeguard.admission.webhook import HandlerSpec
 from kubeguard.notify import events
 from kubeguard.plugins.notice import send_notice
 from kubeguard.plugins.podview import (
@@ -49,6 +49,7 @@ from kubeguard.plugins.podview import (
     pod_of,
     statefulset_identity,
 )
+from kubeguard.plugins.specs import labelled_pod_create_spec
 from kubeguard.runtime import Runtime
 
 GATE = "StsNodeSelector"
@@ -223,26 +224,13 @@ class StsNodeSelector:
 
 
 def build(runtime: Runtime) -> list[HandlerSpec]:
-    settings = runtime.settings
-    entry = WebhookEntry(
-        name="sts-node-selector.kubeguard.io",
-        rules=(Rule(operations=("CREATE",), resources=("pods",)),),
-        failure_policy="Fail",
-        object_selector={"matchLabels": {settings.sts_label_key: "true"}},
-        timeout_seconds=5,
-        side_effects="NoneOnDryRun",  # notifications are skipped on dry runs
+    return labelled_pod_create_spec(
+        name=HANDLER_NAME,
+        path=PATH,
+        handler=StsNodeSelector(runtime),
+        label_key=runtime.settings.sts_label_key,
         reinvocation_policy="Never",
     )
-    return [
-        HandlerSpec(
-            name=HANDLER_NAME,
-            path=PATH,
-            kind="mutating",
-            handler=StsNodeSelector(runtime),
-            failure_policy="Fail",
-            entries=(entry,),
-        )
-    ]
 
 
 PLUGIN: Plugin[Runtime] = Plugin(

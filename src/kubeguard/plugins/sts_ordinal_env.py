@@ -31,7 +31,7 @@ from kubeguard.admission.handler import Response, allowed, patched
 from kubeguard.admission.jsonpatch import add, pointer
 from kubeguard.admission.registry import Plugin
 from kubeguard.admission.review import Request
-from kubeguard.admission.webhook import HandlerSpec, Rule, WebhookEntry
+from kubeguard.admission.webhook import HandlerSpec
 from kubeguard.notify import events
 from kubeguard.plugins.notice import send_notice
 from kubeguard.plugins.podview import (
@@ -41,6 +41,7 @@ from kubeguard.plugins.podview import (
     pod_of,
     statefulset_identity,
 )
+from kubeguard.plugins.specs import labelled_pod_create_spec
 from kubeguard.runtime import Runtime
 
 GATE = "StsOrdinalEnv"
@@ -128,25 +129,13 @@ class StsOrdinalEnv:
 
 
 def build(runtime: Runtime) -> list[HandlerSpec]:
-    entry = WebhookEntry(
-        name="sts-ordinal-env.kubeguard.io",
-        rules=(Rule(operations=("CREATE",), resources=("pods",)),),
-        failure_policy="Fail",
-        object_selector={"matchLabels": {runtime.settings.ordinal_env_label: "true"}},
-        timeout_seconds=5,
-        side_effects="NoneOnDryRun",
+    return labelled_pod_create_spec(
+        name=HANDLER_NAME,
+        path=PATH,
+        handler=StsOrdinalEnv(runtime),
+        label_key=runtime.settings.ordinal_env_label,
         reinvocation_policy="IfNeeded",
     )
-    return [
-        HandlerSpec(
-            name=HANDLER_NAME,
-            path=PATH,
-            kind="mutating",
-            handler=StsOrdinalEnv(runtime),
-            failure_policy="Fail",
-            entries=(entry,),
-        )
-    ]
 
 
 PLUGIN: Plugin[Runtime] = Plugin(

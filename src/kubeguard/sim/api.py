@@ -76,6 +76,19 @@ PATCH_TYPES = {
     "application/apply-patch+json": "apply",
 }
 
+
+def unsupported_media_type() -> ApiError:
+    """The 415 the API server answers to a PATCH whose Content-Type is not a patch type."""
+    return ApiError(
+        status_failure(
+            415,
+            f"the body of the request was in an unknown format - accepted media types "
+            f"include: {', '.join(PATCH_TYPES)}",
+            "UnsupportedMediaType",
+        )
+    )
+
+
 _MAX_RETRIES = 8
 PODS = core("pods")
 _DELETE_OPTION_KEYS = (
@@ -580,14 +593,7 @@ class ApiCore:
     ) -> JSON:
         kind = PATCH_TYPES.get(patch_type, patch_type)
         if kind not in ("json", "merge", "strategic", "apply"):
-            raise ApiError(
-                status_failure(
-                    415,
-                    f"the body of the request was in an unknown format - accepted media types "
-                    f"include: {', '.join(PATCH_TYPES)}",
-                    "UnsupportedMediaType",
-                )
-            )
+            raise unsupported_media_type()
         if kind == "json" and not isinstance(patch, list):
             raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
         if kind != "json" and not isinstance(patch, dict):

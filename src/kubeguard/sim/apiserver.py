@@ -23,7 +23,7 @@ import msgspec
 import uvicorn
 import yaml
 
-from .api import PATCH_TYPES, ApiCore
+from .api import PATCH_TYPES, ApiCore, unsupported_media_type
 from .auth import UserInfo, UserTable
 from .resources import RESOURCES, ResourceInfo, bookmark_object, lookup, to_wire
 from .store import (
@@ -376,14 +376,7 @@ class ApiServerApp:
             self._authorize(user, "patch", info, namespace, name, sub)
             content_type = req.headers.get("content-type", "").split(";")[0].strip()
             if content_type not in PATCH_TYPES:
-                raise ApiError(
-                    status_failure(
-                        415,
-                        f"the body of the request was in an unknown format - accepted media "
-                        f"types include: {', '.join(PATCH_TYPES)}",
-                        "UnsupportedMediaType",
-                    )
-                )
+                raise unsupported_media_type()
             body = await req.json()
             patched = await self.core.patch(
                 info,

@@ -628,13 +628,7 @@ class Controllers:
         except ApiError as err:
             log.debug("node status update of %s failed: %s", name, err)
             return
-        self.timeline.add(
-            tl.NODE,
-            self.node_controller.username,
-            f"node {name} Ready=Unknown (NodeStatusUnknown)",
-            node=name,
-            event="not-ready",
-        )
+        self._node_event(name, f"node {name} Ready=Unknown (NodeStatusUnknown)", "not-ready")
         await self._mark_pods_not_ready(name)
         await self._add_taint(name, UNREACHABLE_TAINT, "NoSchedule")
         if name not in self._noexecute_queue:
@@ -690,6 +684,36 @@ class Controllers:
         if any(t.get("key") == key and t.get("effect") == effect for t in taints):
             return True
         taints.append({"key": key, "effect": effect, "timeAdded": rfc3339()})
+        if not await self._patch_taints(node, taints, f"adding taint {key}:{effect} to"):
+            return False
+        self._node_event(
+            name, f"node {name} tainted {key}:{effect}", "taint-added", taint=key, effect=effect
+        )
+        return True
+
+    async def _remove_taints(self, name: str, keys: set[str], effects: set[str]) -> None:
+        node = self.store.get("nodes", "", name)
+        if node is None:
+            return
+        taints = list((node.get("spec") or {}).get("taints") or [])
+        keep = [t for t in taints if not (t.get("key") in keys and t.get("effect") in effects)]
+        if len(keep) == len(taints):
+            return
+        if not await self._patch_taints(node, keep or None, "removing taints from"):
+            return
+        self._node_event(
+            name,
+            f"node {name} taints {sorted(keys)} ({'/'.join(sorted(effects))}) removed",
+            "taint-removed",
+        )
+
+    async def _patch_taints(self, node: JSON, taints: list[JSON] | None, doing: str) -> bool:
+        """Merge-patch the node's taint list, guarded by its resourceVersion.
+
+        Returns False (logged at debug) when the API server refuses, e.g. on a conflict;
+        the node monitor retries on its next pass.
+        """
+        name = node["metadata"]["name"]
         try:
             await self.api.patch(
                 NODES,
@@ -703,48 +727,14 @@ class Controllers:
                 self.node_controller,
             )
         except ApiError as err:
-            log.debug("adding taint %s:%s to %s failed: %s", key, effect, name, err)
+            log.debug("%s %s failed: %s", doing, name, err)
             return False
-        self.timeline.add(
-            tl.NODE,
-            self.node_controller.username,
-            f"node {name} tainted {key}:{effect}",
-            node=name,
-            event="taint-added",
-            taint=key,
-            effect=effect,
-        )
         return True
 
-    async def _remove_taints(self, name: str, keys: set[str], effects: set[str]) -> None:
-        node = self.store.get("nodes", "", name)
-        if node is None:
-            return
-        taints = list((node.get("spec") or {}).get("taints") or [])
-        keep = [t for t in taints if not (t.get("key") in keys and t.get("effect") in effects)]
-        if len(keep) == len(taints):
-            return
-        try:
-            await self.api.patch(
-                NODES,
-                "",
-                name,
-                MERGE,
-                {
-                    "metadata": {"resourceVersion": node["metadata"]["resourceVersion"]},
-                    "spec": {"taints": keep or None},
-                },
-                self.node_controller,
-            )
-        except ApiError as err:
-            log.debug("removing taints from %s failed: %s", name, err)
-            return
+    def _node_event(self, name: str, text: str, event: str, **details: Any) -> None:
+        """Timeline entry for a node change made by the node lifecycle controller."""
         self.timeline.add(
-            tl.NODE,
-            self.node_controller.username,
-            f"node {name} taints {sorted(keys)} ({'/'.join(sorted(effects))}) removed",
-            node=name,
-            event="taint-removed",
+            tl.NODE, self.node_controller.username, text, node=name, event=event, **details
         )
 
     async def _taint_next(self) -> None:

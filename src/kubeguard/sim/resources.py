@@ -539,6 +539,25 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 
+def _check_one_of(
+    causes: list[tuple[str, str, str]],
+    obj: JSON,
+    prefix: str,
+    field: str,
+    allowed: tuple[str, ...],
+) -> None:
+    """Record a FieldValueNotSupported cause when `obj[field]` is not one of `allowed`."""
+    if obj.get(field) not in allowed:
+        choices = ", ".join(f'"{value}"' for value in allowed)
+        causes.append(
+            (
+                "FieldValueNotSupported",
+                f"{prefix}.{field}",
+                f"Unsupported value: must be one of {choices}",
+            )
+        )
+
+
 def validate(info: ResourceInfo, obj: JSON) -> None:
     """Raise the real 422 Invalid error for the mistakes the simulator checks."""
     meta = obj.get("metadata")
@@ -627,14 +646,7 @@ def validate(info: ResourceInfo, obj: JSON) -> None:
                         "Required value: exactly one of url or service is required",
                     )
                 )
-            if hook.get("sideEffects") not in ("None", "NoneOnDryRun"):
-                causes.append(
-                    (
-                        "FieldValueNotSupported",
-                        f"{prefix}.sideEffects",
-                        'Unsupported value: must be one of "None", "NoneOnDryRun"',
-                    )
-                )
+            _check_one_of(causes, hook, prefix, "sideEffects", ("None", "NoneOnDryRun"))
             versions = hook.get("admissionReviewVersions")
             if not isinstance(versions, list) or "v1" not in versions:
                 causes.append(
@@ -644,14 +656,7 @@ def validate(info: ResourceInfo, obj: JSON) -> None:
                         "Invalid value: must include at least one of v1",
                     )
                 )
-            if hook.get("failurePolicy") not in ("Fail", "Ignore"):
-                causes.append(
-                    (
-                        "FieldValueNotSupported",
-                        f"{prefix}.failurePolicy",
-                        'Unsupported value: must be one of "Fail", "Ignore"',
-                    )
-                )
+            _check_one_of(causes, hook, prefix, "failurePolicy", ("Fail", "Ignore"))
             timeout = hook.get("timeoutSeconds")
             if not isinstance(timeout, int) or not 1 <= timeout <= 30:
                 causes.append(
