@@ -34,8 +34,10 @@ pytest: $(STAMP)
 manifests: $(STAMP)
 	$(BIN)/kubeguard manifests --write-defaults .
 
+# Benchmarks print figures (minutes; not part of make test).
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_admission.py --handler all
+	$(BIN)/python bench/bench_sim.py
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
