@@ -8,6 +8,8 @@ Metric names of seed 000 (`node_notready_count`, `eviction_intercepted_total`,
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
@@ -29,6 +31,26 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+
+
+class LabelledChildren:
+    """The children of one labelled metric, cached by label values.
+
+    `metric.labels(...)` takes a lock and validates the values on every call: a few µs that
+    the admission path pays per request unless the child is kept.
+    """
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 class AdmissionMetrics:

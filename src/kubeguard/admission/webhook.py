@@ -30,7 +30,7 @@ from kubeguard.admission.review import (
     decode_review,
     encode_response,
 )
-from kubeguard.metrics import AdmissionMetrics
+from kubeguard.metrics import AdmissionMetrics, LabelledChildren
 
 log = logging.getLogger("kubeguard.admission")
 
@@ -92,10 +92,9 @@ class _Instrumented:
     def __init__(self, webhook: str, spec: HandlerSpec, metrics: AdmissionMetrics) -> None:
         self.spec = spec
         self.inner = spec.handler
-        self._count = metrics.requests
+        self._count = LabelledChildren(metrics.requests)
         self._timer = metrics.duration.labels(webhook, spec.name)
         self._webhook = webhook
-        self._counters: dict[str, Any] = {}  # decision -> labelled child (labels() locks)
 
     async def handle(self, request: Request) -> Response:
         start = time.perf_counter()
@@ -124,12 +123,7 @@ class _Instrumented:
                     allowed=False, code=500, message=message, reason="handler-error"
                 )
         self._timer.observe(time.perf_counter() - start)
-        counter = self._counters.get(response.decision)
-        if counter is None:
-            counter = self._counters[response.decision] = self._count.labels(
-                self._webhook, self.spec.name, response.decision
-            )
-        counter.inc()
+        self._count(self._webhook, self.spec.name, response.decision).inc()
         return response
 
     def __repr__(self) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from kubeguard.admission.handler import Response, allowed, denied
 from kubeguard.admission.review import Request
+from kubeguard.metrics import LabelledChildren
 from kubeguard.protection import policy
 from kubeguard.protection.metrics import ProtectionMetrics
 from kubeguard.protection.policy import Disruption, PodFacts, PolicyConfig, Snapshot
@@ -58,11 +59,9 @@ class ProtectionHandler:
         self.source = source
         self.pods = pods
         self.config = config
-        self.metrics = metrics
         self.on_denied = on_denied
-        # (allowed, action, reason) -> labelled counter child: `labels()` takes a lock and
-        # validates the label values on every call, a few µs on the admission hot path.
-        self._counters: dict[tuple[bool, str, str], Any] = {}
+        self._allowed = LabelledChildren(metrics.allowed) if metrics is not None else None
+        self._intercepted = LabelledChildren(metrics.intercepted) if metrics is not None else None
 
     async def handle(self, request: Request) -> Response:
         if request.resource != "pods":
@@ -142,13 +141,9 @@ class ProtectionHandler:
         self, request: Request, disruption: Disruption, node: str, response: Response
     ) -> Response:
         reason = response.reason
-        if self.metrics is not None:
-            key = (response.allowed, disruption.action, reason)
-            child = self._counters.get(key)
-            if child is None:
-                counter = self.metrics.allowed if response.allowed else self.metrics.intercepted
-                child = self._counters[key] = counter.labels(disruption.action, reason)
-            child.inc()
+        counters = self._allowed if response.allowed else self._intercepted
+        if counters is not None:
+            counters(disruption.action, reason).inc()
         if reason in (policy.R_SELF, policy.R_BREAK_GLASS, policy.R_WARN):
             user = request.user
             log.info(
