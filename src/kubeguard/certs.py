@@ -42,6 +42,16 @@ class KeyPair:
         return self.certificate.not_valid_after_utc
 
 
+def service_dns_names(service: str, namespace: str) -> list[str]:
+    """The names a Service is reached by in a cluster (the serving certificate's SANs)."""
+    return [
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+    ]
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import click
 import yaml
 
+from kubeguard import certs
 from kubeguard.admission.registry import FeatureGateError, Registry, parse_feature_gates
 from kubeguard.admission.webhook import HandlerSpec, WebhookEntry, entry_to_wire
 from kubeguard.config import OPTIONS, OPTIONS_BY_FIELD, ConfigError, Settings, load_settings
@@ -621,11 +622,6 @@ def deployment_objects(opts: ManifestOptions) -> list[JSON]:
     return [deployment, pdb, service]
 
 
-def dns_names(settings: Settings) -> list[str]:
-    svc, ns = settings.service_name, settings.namespace
-    return [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local"]
-
-
 def cert_manager_objects(opts: ManifestOptions) -> list[JSON]:
     """A self-signed root, a CA Issuer and the serving Certificate: the caBundle that
     cainjector writes is the CA, which outlives every serving-certificate renewal."""
@@ -664,7 +660,7 @@ def cert_manager_objects(opts: ManifestOptions) -> list[JSON]:
             "metadata": _meta(s.cert_secret, ns),
             "spec": {
                 "secretName": s.cert_secret,
-                "dnsNames": dns_names(s),
+                "dnsNames": certs.service_dns_names(s.service_name, s.namespace),
                 "duration": f"{SERVING_CERT_DAYS_CERT_MANAGER * 24}h",
                 "renewBefore": f"{SERVING_CERT_DAYS_CERT_MANAGER * 24 // 3}h",
                 "privateKey": ecdsa,

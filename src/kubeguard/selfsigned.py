@@ -68,11 +68,6 @@ class Bundle:
         return base64.b64encode(self.ca.cert_pem).decode()
 
 
-def dns_names(settings: Settings) -> list[str]:
-    svc, ns = settings.service_name, settings.namespace
-    return [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.cluster.local"]
-
-
 def problem(bundle: Bundle, names: list[str], now: dt.datetime) -> str | None:
     """Why `bundle` must be replaced (its serving pair, or all of it), or None if usable."""
     try:
@@ -188,7 +183,7 @@ class CertificateStore:
         self.http = http
         self.settings = settings
         self.clock = clock
-        self.names = dns_names(settings)
+        self.names = certs.service_dns_names(settings.service_name, settings.namespace)
         self._collection = resource_path("", "v1", "secrets", settings.namespace)
         self._path = resource_path("", "v1", "secrets", settings.namespace, settings.cert_secret)
 
