@@ -40,14 +40,32 @@ def obj(
     return {"kind": kind, "apiVersion": "v1", "metadata": meta}
 
 
-async def test_labelled_deployment_delete_is_denied_with_the_lift_command() -> None:
-    webhook, notifier = make_webhook()
-    body = make_review(
+def delete_review(
+    kind: str,
+    name: str,
+    resource: tuple[str, str, str],
+    *,
+    namespace: str = "demo",
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """An AdmissionReview deleting `kind` `name`; the old object carries the metadata."""
+    return make_review(
         "DELETE",
         None,
-        old=obj("Deployment", "web", labels={MARKER: "true"}),
-        resource=("apps", "v1", "deployments"),
-        kind="Deployment",
+        old=obj(kind, name, namespace, labels, annotations),
+        resource=resource,
+        kind=kind,
+        namespace=namespace,
+        dry_run=dry_run,
+    )
+
+
+async def test_labelled_deployment_delete_is_denied_with_the_lift_command() -> None:
+    webhook, notifier = make_webhook()
+    body = delete_review(
+        "Deployment", "web", ("apps", "v1", "deployments"), labels={MARKER: "true"}
     )
     decision = await review(webhook, body)
     assert not decision.allowed and decision.code == 403
@@ -58,12 +76,8 @@ async def test_labelled_deployment_delete_is_denied_with_the_lift_command() -> N
 
 async def test_annotated_configmap_delete_is_denied_with_annotate_command() -> None:
     webhook, _ = make_webhook()
-    body = make_review(
-        "DELETE",
-        None,
-        old=obj("ConfigMap", "settings", annotations={MARKER: "true"}),
-        resource=("", "v1", "configmaps"),
-        kind="ConfigMap",
+    body = delete_review(
+        "ConfigMap", "settings", ("", "v1", "configmaps"), annotations={MARKER: "true"}
     )
     decision = await review(webhook, body)
     assert not decision.allowed
@@ -73,37 +87,20 @@ async def test_annotated_configmap_delete_is_denied_with_annotate_command() -> N
 @pytest.mark.parametrize("value", ["false", "True", "yes", ""])
 async def test_other_marker_values_do_not_protect(value: str) -> None:
     webhook, _ = make_webhook()
-    body = make_review(
-        "DELETE",
-        None,
-        old=obj("Service", "web", labels={MARKER: value}),
-        resource=("", "v1", "services"),
-        kind="Service",
-    )
+    body = delete_review("Service", "web", ("", "v1", "services"), labels={MARKER: value})
     assert (await review(webhook, body)).allowed
 
 
 async def test_resource_not_configured_is_not_protected() -> None:
     webhook, _ = make_webhook(delete_protection_resources=("configmaps",))
-    body = make_review(
-        "DELETE",
-        None,
-        old=obj("Secret", "s", labels={MARKER: "true"}),
-        resource=("", "v1", "secrets"),
-        kind="Secret",
-    )
+    body = delete_review("Secret", "s", ("", "v1", "secrets"), labels={MARKER: "true"})
     assert (await review(webhook, body)).allowed
 
 
 async def test_dry_run_delete_is_denied_but_not_notified() -> None:
     webhook, notifier = make_webhook()
-    body = make_review(
-        "DELETE",
-        None,
-        old=obj("ConfigMap", "c", labels={MARKER: "true"}),
-        resource=("", "v1", "configmaps"),
-        kind="ConfigMap",
-        dry_run=True,
+    body = delete_review(
+        "ConfigMap", "c", ("", "v1", "configmaps"), dry_run=True, labels={MARKER: "true"}
     )
     assert not (await review(webhook, body)).allowed
     assert notifier.sent == []
@@ -111,13 +108,8 @@ async def test_dry_run_delete_is_denied_but_not_notified() -> None:
 
 async def test_protected_namespace_itself_is_denied_without_listing() -> None:
     webhook, _ = make_webhook()
-    body = make_review(
-        "DELETE",
-        None,
-        old=obj("Namespace", "prod", namespace="", labels={MARKER: "true"}),
-        resource=("", "v1", "namespaces"),
-        kind="Namespace",
-        namespace="",
+    body = delete_review(
+        "Namespace", "prod", ("", "v1", "namespaces"), namespace="", labels={MARKER: "true"}
     )
     decision = await review(webhook, body)
     assert not decision.allowed
@@ -127,14 +119,7 @@ async def test_protected_namespace_itself_is_denied_without_listing() -> None:
 
 async def test_namespace_check_without_api_access_fails_closed() -> None:
     webhook, _ = make_webhook()  # Runtime without a kube client
-    body = make_review(
-        "DELETE",
-        None,
-        old=obj("Namespace", "prod", namespace=""),
-        resource=("", "v1", "namespaces"),
-        kind="Namespace",
-        namespace="",
-    )
+    body = delete_review("Namespace", "prod", ("", "v1", "namespaces"), namespace="")
     decision = await review(webhook, body)
     assert not decision.allowed and decision.code == 503
     assert "could not verify that namespace prod holds no objects protected" in decision.message

@@ -29,6 +29,14 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 HOOK = "capture.fixtures.example.com"
 
 
+def eviction(
+    name: str, namespace: str | None = "demo", api_version: str = "policy/v1", **extra: Any
+) -> dict[str, Any]:
+    """An Eviction body as kubectl/clients send it (`namespace=None` leaves it out)."""
+    meta = {"name": name} if namespace is None else {"name": name, "namespace": namespace}
+    return {"apiVersion": api_version, "kind": "Eviction", "metadata": meta, **extra}
+
+
 @dataclass
 class Run:
     cluster: SimCluster
@@ -154,52 +162,28 @@ async def run() -> AsyncIterator[Run]:
                 headers={"Content-Type": "application/merge-patch+json"},
             )
             base = "/api/v1/namespaces/demo/pods"
-            resp = await alice.post(
-                f"{base}/ev-v1/eviction",
-                json={
-                    "apiVersion": "policy/v1",
-                    "kind": "Eviction",
-                    "metadata": {"name": "ev-v1", "namespace": "demo"},
-                },
-            )
+            resp = await alice.post(f"{base}/ev-v1/eviction", json=eviction("ev-v1"))
             r.out["pod-eviction-allowed-201"] = (resp.status_code, resp.json())
             await alice.post(
                 f"{base}/ev-v1beta1/eviction",
-                json={
-                    "apiVersion": "policy/v1beta1",
-                    "kind": "Eviction",
-                    "metadata": {"name": "ev-v1beta1", "namespace": "demo"},
-                    "deleteOptions": {"gracePeriodSeconds": 0},
-                },
+                json=eviction(
+                    "ev-v1beta1",
+                    api_version="policy/v1beta1",
+                    deleteOptions={"gracePeriodSeconds": 0},
+                ),
             )
             resp = await alice.post(
                 f"{base}/ev-dryrun/eviction",
                 params={"dryRun": "All"},
-                json={
-                    "apiVersion": "policy/v1",
-                    "kind": "Eviction",
-                    "metadata": {"name": "ev-dryrun"},
-                },
+                json=eviction("ev-dryrun", namespace=None),
             )
             r.out["eviction-dry-run"] = (resp.status_code, resp.json())
-            resp = await alice.post(
-                f"{base}/ev-denied/eviction",
-                json={
-                    "apiVersion": "policy/v1",
-                    "kind": "Eviction",
-                    "metadata": {"name": "ev-denied", "namespace": "demo"},
-                },
-            )
-            r.out["pod-eviction-denied-by-webhook-429"] = (resp.status_code, resp.json())
-            resp = await alice.post(
-                f"{base}/ev-pdb/eviction",
-                json={
-                    "apiVersion": "policy/v1",
-                    "kind": "Eviction",
-                    "metadata": {"name": "ev-pdb", "namespace": "demo"},
-                },
-            )
-            r.out["pod-eviction-blocked-by-pdb-429"] = (resp.status_code, resp.json())
+            for name, key in (
+                ("ev-denied", "pod-eviction-denied-by-webhook-429"),
+                ("ev-pdb", "pod-eviction-blocked-by-pdb-429"),
+            ):
+                resp = await alice.post(f"{base}/{name}/eviction", json=eviction(name))
+                r.out[key] = (resp.status_code, resp.json())
             resp = await alice.request(
                 "DELETE", f"{base}/user-del-default", json={"propagationPolicy": "Background"}
             )

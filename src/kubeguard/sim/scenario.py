@@ -433,11 +433,3 @@ def _webhook_resource(hook: dict[str, Any]) -> str:
     if hook.get("kind") == "MutatingWebhookConfiguration":
         return "mutatingwebhookconfigurations"
     return "validatingwebhookconfigurations"
-
-
-async def run_scenario(scenario: Scenario, config: SimConfig | None = None) -> tl.Timeline:
-    """Start a cluster, set the scenario up, play it and stop; returns the timeline."""
-    async with SimCluster(config or scenario.sim_config()) as cluster:
-        runner = ScenarioRunner(cluster, scenario)
-        await runner.setup()
-        return await runner.run()

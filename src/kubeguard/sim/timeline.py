@@ -40,11 +40,6 @@ class Timeline:
         self.max_entries = max_entries
         self._subscribers: list[Callable[[TimelineEntry], None]] = []
 
-    def reset_clock(self) -> None:
-        """Make t=0 now (the scenario driver calls this when a scenario starts)."""
-        self.start_monotonic = time.monotonic()
-        self.start_wall = dt.datetime.now(dt.UTC)
-
     def elapsed(self) -> float:
         return time.monotonic() - self.start_monotonic
 
@@ -68,9 +63,6 @@ class Timeline:
 
     def of_kind(self, *kinds: str) -> list[TimelineEntry]:
         return [e for e in self.entries if e.kind in kinds]
-
-    def webhook_calls(self) -> list[TimelineEntry]:
-        return self.of_kind(WEBHOOK)
 
     def format(self, kinds: tuple[str, ...] | None = None) -> str:
         return "\n".join(e.format() for e in self.entries if kinds is None or e.kind in kinds)

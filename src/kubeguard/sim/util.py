@@ -12,6 +12,8 @@ from typing import Any
 
 import msgspec
 
+from kubeguard.kube.objects import format_time
+
 JSON = dict[str, Any]
 
 _encode = msgspec.json.encode
@@ -24,7 +26,7 @@ def now() -> dt.datetime:
 
 def rfc3339(t: dt.datetime | None = None) -> str:
     """A `metav1.Time`: RFC 3339 with second precision and a `Z` suffix."""
-    return (t or now()).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(t or now())
 
 
 def micro_time(t: dt.datetime | None = None) -> str:
