@@ -19,7 +19,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx2
 import msgspec
@@ -123,6 +123,23 @@ class _TTLCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class Authenticator(Protocol):
+    """Authentication and authorization of API callers; `DelegatingAuth` implements it."""
+
+    async def authenticate(self, token: str) -> UserInfo | None: ...
+
+    async def authorize(
+        self,
+        user: UserInfo,
+        verb: str,
+        group: str,
+        resource: str,
+        namespace: str = "",
+        name: str | None = None,
+        subresource: str = "",
+    ) -> tuple[bool, str]: ...
 
 
 class DelegatingAuth:

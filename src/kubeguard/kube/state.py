@@ -310,7 +310,7 @@ class StateStore(Generic[D]):
         self.exists = True
         text = cm.data.get(self.key)
         if text is None:
-            self._set(self.default(), None)
+            self._set(self.default())
             return
         try:
             doc = self._decoder.decode(text)
@@ -321,7 +321,7 @@ class StateStore(Generic[D]):
             self.error = message
             self._metrics.valid.labels(self.name).set(0)
             return
-        self._set(doc, None)
+        self._set(doc)
 
     def _on_deleted(self) -> None:
         # The object is gone; a re-created one starts a new resourceVersion history.
@@ -332,12 +332,13 @@ class StateStore(Generic[D]):
             self.namespace,
             self.name,
         )
-        self._set(self.default(), None)
+        self._set(self.default())
 
-    def _set(self, doc: D, error: str | None) -> None:
-        if self.error is not None and error is None:
+    def _set(self, doc: D) -> None:
+        """A good document (or the default) arrived: clear any decode error and notify."""
+        if self.error is not None:
             log.info("state ConfigMap %s/%s is valid again", self.namespace, self.name)
-        self.error = error
+        self.error = None
         self._metrics.valid.labels(self.name).set(1)
         changed = doc != self._current
         self._current = doc

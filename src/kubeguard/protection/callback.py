@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import msgspec
 
 from kubeguard.config import Settings
-from kubeguard.kube.auth import AuthUnavailable, UserInfo
+from kubeguard.kube.auth import Authenticator, AuthUnavailable
 from kubeguard.kube.state import StateDecodeError
 from kubeguard.protection.state import ProtectionState
 from kubeguard.runtime import HttpRequest, HttpResponse, Runtime
@@ -34,21 +34,6 @@ PREFIX = "/callback"
 DISABLE_PATH = f"{PREFIX}/disable-interception"
 ENABLE_PATH = f"{PREFIX}/enable-interception"
 STATUS_PATH = f"{PREFIX}/status"
-
-
-class Authenticator(Protocol):
-    async def authenticate(self, token: str) -> UserInfo | None: ...
-
-    async def authorize(
-        self,
-        user: UserInfo,
-        verb: str,
-        group: str,
-        resource: str,
-        namespace: str = "",
-        name: str | None = None,
-        subresource: str = "",
-    ) -> tuple[bool, str]: ...
 
 
 class Controls(Protocol):

@@ -342,14 +342,11 @@ class Protector:
     async def _propose(self, detection: Detection) -> None:
         assert self.store is not None
         at = self.clock()
-        seen: list[ProtectionState] = []
-
-        def fn(doc: ProtectionState) -> ProtectionState:
-            seen.append(doc)
-            return sm.engage(doc, at=at, cause=detection.cause, nodes=list(detection.recent))
-
-        new = await self.store.update(fn)
-        if seen and not seen[-1].engaged and new.engaged:
+        before, new = await self._transition(
+            self.store,
+            lambda doc: sm.engage(doc, at=at, cause=detection.cause, nodes=list(detection.recent)),
+        )
+        if before is not None and not before.engaged and new.engaged:
             self._announce_engaged(new, detection)
 
     async def _maybe_auto_release(self, after: float) -> None:
@@ -359,15 +356,27 @@ class Protector:
         if since is None or now - since < after:
             return
         detail = f"every worker node has been Ready for {after:g}s"
+        before, new = await self._transition(
+            self.store,
+            lambda doc: sm.auto_release(doc, at=now, detail=detail, redrive=self.settings.redrive),
+        )
+        if before is not None and before.intercepting and not new.intercepting:
+            self._announce_released(new, "auto-release")
+
+    @staticmethod
+    async def _transition(
+        store: StateStore[ProtectionState], fn: Callable[[ProtectionState], ProtectionState]
+    ) -> tuple[ProtectionState | None, ProtectionState]:
+        """`store.update(fn)`, plus the document the final (stored) attempt started from, so
+        the caller announces only transitions it made itself (None when nothing was read)."""
         seen: list[ProtectionState] = []
 
-        def fn(doc: ProtectionState) -> ProtectionState:
+        def tracked(doc: ProtectionState) -> ProtectionState:
             seen.append(doc)
-            return sm.auto_release(doc, at=now, detail=detail, redrive=self.settings.redrive)
+            return fn(doc)
 
-        new = await self.store.update(fn)
-        if seen and seen[-1].intercepting and not new.intercepting:
-            self._announce_released(new, "auto-release")
+        new = await store.update(tracked)
+        return (seen[-1] if seen else None), new
 
     # ------------------------------------------------------------------ operator actions
 
@@ -380,18 +389,14 @@ class Protector:
         """Turn interception off (release); logged with the user."""
         store = self._require_store()
         at = self.clock()
-        seen: list[ProtectionState] = []
-
-        def fn(doc: ProtectionState) -> ProtectionState:
-            seen.append(doc)
-            return sm.disable(doc, at=at, by=user, redrive=self.settings.redrive)
-
-        new = await store.update(fn)
+        before, new = await self._transition(
+            store, lambda doc: sm.disable(doc, at=at, by=user, redrive=self.settings.redrive)
+        )
         log.warning(
             "interception disabled",
-            extra={"user": user, "was_engaged": bool(seen and seen[-1].engaged)},
+            extra={"user": user, "was_engaged": bool(before is not None and before.engaged)},
         )
-        if seen and seen[-1].intercepting:
+        if before is not None and before.intercepting:
             self._announce_released(new, f"disabled by {user}")
         self._refresh()
         return new
@@ -401,18 +406,16 @@ class Protector:
         store = self._require_store()
         at = self.clock()
         detection = self.detection()
-        seen: list[ProtectionState] = []
 
         def fn(doc: ProtectionState) -> ProtectionState:
-            seen.append(doc)
             new = sm.enable(doc, at=at, by=user)
             if detection.engage:
                 new = sm.engage(new, at=at, cause=detection.cause, nodes=list(detection.recent))
             return new
 
-        new = await store.update(fn)
+        before, new = await self._transition(store, fn)
         log.warning("interception enabled", extra={"user": user, "engaged": new.engaged})
-        if seen and not seen[-1].engaged and new.engaged:
+        if before is not None and not before.engaged and new.engaged:
             self._announce_engaged(new, detection)
         self._refresh()
         return new

@@ -122,12 +122,6 @@ class ProtectionState(_Doc):
     def intercepting(self) -> bool:
         return self.enabled and self.engaged
 
-    @property
-    def mode_name(self) -> str:
-        if not self.enabled:
-            return "disabled"
-        return "engaged" if self.engaged else "monitoring"
-
 
 def _log(state: ProtectionState, at: float, event: str, by: str = "", detail: str = "") -> None:
     state.history = [*state.history, HistoryEntry(now_iso(at), event, by, detail)][-HISTORY_LIMIT:]
