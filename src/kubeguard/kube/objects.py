@@ -18,14 +18,17 @@ from typing import Generic, TypeVar
 import msgspec
 
 
-class _View(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
-    """Base of every view: immutable, camelCase on the wire, unknown fields ignored."""
+class View(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
+    """Base of every view: immutable, camelCase on the wire, unknown fields ignored.
+
+    Subclasses declare only the fields they read; msgspec skips the rest while decoding.
+    """
 
 
 # ---------------------------------------------------------------------------------- metadata
 
 
-class OwnerReference(_View, frozen=True):
+class OwnerReference(View, frozen=True):
     api_version: str = ""
     kind: str = ""
     name: str = ""
@@ -34,7 +37,7 @@ class OwnerReference(_View, frozen=True):
     block_owner_deletion: bool = False
 
 
-class ObjectMeta(_View, frozen=True):
+class ObjectMeta(View, frozen=True):
     name: str = ""
     namespace: str = ""
     uid: str = ""
@@ -53,7 +56,7 @@ class ObjectMeta(_View, frozen=True):
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
 
-class ListMeta(_View, frozen=True):
+class ListMeta(View, frozen=True):
     resource_version: str = ""
     # `continue` is a Python keyword; the wire name is set explicitly.
     continue_: str = msgspec.field(default="", name="continue")
@@ -63,14 +66,14 @@ class ListMeta(_View, frozen=True):
 T = TypeVar("T")
 
 
-class ObjectList(_View, Generic[T], frozen=True):
+class ObjectList(View, Generic[T], frozen=True):
     """Any `<Kind>List`; items carry no kind/apiVersion on the wire."""
 
     metadata: ListMeta = ListMeta()
     items: list[T] = []
 
 
-class WatchEvent(_View, Generic[T], frozen=True):
+class WatchEvent(View, Generic[T], frozen=True):
     """One line of a watch stream. `type` is ADDED, MODIFIED, DELETED, BOOKMARK or ERROR; an
     ERROR's object is a `Status`, so streams are decoded as `WatchEvent[View]` first and an
     ERROR line falls back to `RawWatchEvent` (see `reflector.WatchDecoder`)."""
@@ -79,7 +82,7 @@ class WatchEvent(_View, Generic[T], frozen=True):
     object: T
 
 
-class RawWatchEvent(_View, frozen=True):
+class RawWatchEvent(View, frozen=True):
     type: str
     object: msgspec.Raw
 
@@ -87,13 +90,13 @@ class RawWatchEvent(_View, frozen=True):
 # ---------------------------------------------------------------------------------- Status
 
 
-class StatusCause(_View, frozen=True):
+class StatusCause(View, frozen=True):
     reason: str = ""
     message: str = ""
     field: str = ""
 
 
-class StatusDetails(_View, frozen=True):
+class StatusDetails(View, frozen=True):
     name: str = ""
     group: str = ""
     kind: str = ""
@@ -102,7 +105,7 @@ class StatusDetails(_View, frozen=True):
     retry_after_seconds: int | None = None
 
 
-class Status(_View, frozen=True):
+class Status(View, frozen=True):
     """metav1.Status, the body of every API error (and of some successes: a 201 eviction)."""
 
     status: str = ""  # Success | Failure
@@ -118,14 +121,14 @@ class Status(_View, frozen=True):
 # ---------------------------------------------------------------------------------- Node
 
 
-class Taint(_View, frozen=True):
+class Taint(View, frozen=True):
     key: str
     value: str = ""
     effect: str = ""
     time_added: dt.datetime | None = None
 
 
-class NodeCondition(_View, frozen=True):
+class NodeCondition(View, frozen=True):
     type: str
     status: str = ""  # True | False | Unknown
     last_transition_time: dt.datetime | None = None
@@ -133,16 +136,16 @@ class NodeCondition(_View, frozen=True):
     message: str = ""
 
 
-class NodeSpec(_View, frozen=True):
+class NodeSpec(View, frozen=True):
     unschedulable: bool = False
     taints: list[Taint] = []
 
 
-class NodeStatus(_View, frozen=True):
+class NodeStatus(View, frozen=True):
     conditions: list[NodeCondition] = []
 
 
-class NodeView(_View, frozen=True):
+class NodeView(View, frozen=True):
     metadata: ObjectMeta = ObjectMeta()
     spec: NodeSpec = NodeSpec()
     status: NodeStatus = NodeStatus()
@@ -167,7 +170,7 @@ def node_is_not_ready(node: NodeView) -> bool:
 # ---------------------------------------------------------------------------------- Pod
 
 
-class Toleration(_View, frozen=True):
+class Toleration(View, frozen=True):
     key: str = ""
     operator: str = ""
     value: str = ""
@@ -175,7 +178,7 @@ class Toleration(_View, frozen=True):
     toleration_seconds: int | None = None
 
 
-class PodCondition(_View, frozen=True):
+class PodCondition(View, frozen=True):
     type: str
     status: str = ""
     last_transition_time: dt.datetime | None = None
@@ -183,18 +186,18 @@ class PodCondition(_View, frozen=True):
     message: str = ""
 
 
-class PodSpec(_View, frozen=True):
+class PodSpec(View, frozen=True):
     node_name: str = ""
     termination_grace_period_seconds: int | None = None
     tolerations: list[Toleration] = []
 
 
-class PodStatus(_View, frozen=True):
+class PodStatus(View, frozen=True):
     phase: str = ""
     conditions: list[PodCondition] = []
 
 
-class PodView(_View, frozen=True):
+class PodView(View, frozen=True):
     metadata: ObjectMeta = ObjectMeta()
     spec: PodSpec = PodSpec()
     status: PodStatus = PodStatus()
@@ -210,7 +213,7 @@ def pod_condition(pod: PodView, type_: str) -> PodCondition | None:
 # ---------------------------------------------------------------------------------- ConfigMap
 
 
-class ConfigMapView(_View, frozen=True):
+class ConfigMapView(View, frozen=True):
     metadata: ObjectMeta = ObjectMeta()
     data: dict[str, str] = {}
 

@@ -41,6 +41,7 @@ from kubeguard.admission.handler import Response, allowed, denied
 from kubeguard.admission.registry import Plugin
 from kubeguard.admission.review import Request
 from kubeguard.admission.webhook import HandlerSpec, Rule, WebhookEntry
+from kubeguard.kube.objects import View
 from kubeguard.notify import events
 from kubeguard.plugins.notice import send_notice
 from kubeguard.runtime import Runtime
@@ -145,27 +146,23 @@ def parse_resources(names: Iterable[str]) -> list[ResourceType]:
 # ---------------------------------------------------------------------------- views
 
 
-class _View(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
-    pass
-
-
-class Meta(_View, frozen=True):
+class Meta(View, frozen=True):
     name: str = ""
     namespace: str = ""
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
 
 
-class ObjectView(_View, frozen=True):
+class ObjectView(View, frozen=True):
     kind: str = ""
     metadata: Meta = Meta()
 
 
-class _ListMeta(_View, frozen=True):
+class _ListMeta(View, frozen=True):
     continue_: str = msgspec.field(default="", name="continue")
 
 
-class _ObjectList(_View, frozen=True):
+class _ObjectList(View, frozen=True):
     metadata: _ListMeta = _ListMeta()
     items: list[ObjectView] | None = None
 

@@ -10,27 +10,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import msgspec
-
 from kubeguard.admission.review import Request
+from kubeguard.kube.objects import View
 
 # The StatefulSet controller sets this label on every pod since Kubernetes 1.28 (PodIndexLabel,
 # GA in 1.32); it is the ordinal the controller assigned, independent of the pod's name.
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 
 
-class _View(msgspec.Struct, frozen=True, rename="camel", kw_only=True):
-    pass
-
-
-class OwnerRef(_View, frozen=True):
+class OwnerRef(View, frozen=True):
     api_version: str = ""
     kind: str = ""
     name: str = ""
     controller: bool = False
 
 
-class PodMeta(_View, frozen=True):
+class PodMeta(View, frozen=True):
     name: str = ""
     generate_name: str = ""
     namespace: str = ""
@@ -40,28 +35,28 @@ class PodMeta(_View, frozen=True):
     owner_references: list[OwnerRef] | None = None
 
 
-class EnvVar(_View, frozen=True):
+class EnvVar(View, frozen=True):
     name: str = ""
     value: str | None = None  # None also when the variable uses valueFrom
 
 
-class ContainerView(_View, frozen=True):
+class ContainerView(View, frozen=True):
     name: str = ""
     env: list[EnvVar] | None = None
 
 
-class VolumeView(_View, frozen=True):
+class VolumeView(View, frozen=True):
     name: str = ""
 
 
-class PodSpecView(_View, frozen=True):
+class PodSpecView(View, frozen=True):
     node_selector: dict[str, str] | None = None
     containers: list[ContainerView] | None = None
     init_containers: list[ContainerView] | None = None
     volumes: list[VolumeView] | None = None
 
 
-class PodView(_View, frozen=True):
+class PodView(View, frozen=True):
     metadata: PodMeta = PodMeta()
     spec: PodSpecView = PodSpecView()
 
