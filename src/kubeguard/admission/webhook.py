@@ -297,27 +297,29 @@ def entry_to_wire(
     return hook
 
 
+def url_client_config(base_url: str, path: str, ca_pem: bytes) -> dict[str, Any]:
+    """`clientConfig` calling `path` of a kubeguard reached at `base_url` by URL."""
+    return {"url": base_url.rstrip("/") + path, "caBundle": base64.b64encode(ca_pem).decode()}
+
+
+def configuration(kind: WebhookKind, name: str, webhooks: list[dict[str, Any]]) -> dict[str, Any]:
+    """A (Validating|Mutating)WebhookConfiguration object holding `webhooks`."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": f"{kind.capitalize()}WebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "kubeguard"}},
+        "webhooks": webhooks,
+    }
+
+
 def url_configurations(
     specs: Sequence[HandlerSpec], base_url: str, ca_pem: bytes, *, name: str = "kubeguard"
 ) -> list[dict[str, Any]]:
     """Webhook configurations that call a kubeguard reached at `base_url` (running outside the
     cluster, or in tests and the demo): one Validating and one Mutating configuration named
     `<name>-validating` / `<name>-mutating`, only those that have entries."""
-    ca_bundle = base64.b64encode(ca_pem).decode()
-    hooks: dict[str, list[dict[str, Any]]] = {"validating": [], "mutating": []}
+    hooks: dict[WebhookKind, list[dict[str, Any]]] = {"validating": [], "mutating": []}
     for spec in specs:
-        client = {"url": base_url.rstrip("/") + spec.path, "caBundle": ca_bundle}
+        client = url_client_config(base_url, spec.path, ca_pem)
         hooks[spec.kind].extend(entry_to_wire(e, spec.kind, client) for e in spec.entries)
-    return [
-        {
-            "apiVersion": "admissionregistration.k8s.io/v1",
-            "kind": f"{kind.capitalize()}WebhookConfiguration",
-            "metadata": {
-                "name": f"{name}-{kind}",
-                "labels": {"app.kubernetes.io/name": "kubeguard"},
-            },
-            "webhooks": items,
-        }
-        for kind, items in hooks.items()
-        if items
-    ]
+    return [configuration(kind, f"{name}-{kind}", items) for kind, items in hooks.items() if items]

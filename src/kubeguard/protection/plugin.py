@@ -29,12 +29,18 @@ pods off a partitioned node unchecked.
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import Any
 
 from kubeguard.admission.registry import Plugin
-from kubeguard.admission.webhook import HandlerSpec, Rule, WebhookEntry, entry_to_wire
+from kubeguard.admission.webhook import (
+    HandlerSpec,
+    Rule,
+    WebhookEntry,
+    configuration,
+    entry_to_wire,
+    url_client_config,
+)
 from kubeguard.config import Settings
 from kubeguard.kube.auth import DelegatingAuth
 from kubeguard.protection.callback import CallbackAPI
@@ -115,21 +121,9 @@ def webhook_entries(settings: Settings) -> tuple[WebhookEntry, ...]:
 def webhook_configuration(settings: Settings, url: str, ca_pem: bytes) -> dict[str, Any]:
     """The ValidatingWebhookConfiguration for a kubeguard reached at `url` (running outside
     the cluster): `clientConfig.url` is `url` + `/validate`."""
-    client_config = {
-        "url": url.rstrip("/") + PATH,
-        "caBundle": base64.b64encode(ca_pem).decode(),
-    }
-    return {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingWebhookConfiguration",
-        "metadata": {
-            "name": settings.webhook_config_name,
-            "labels": {"app.kubernetes.io/name": "kubeguard"},
-        },
-        "webhooks": [
-            entry_to_wire(e, "validating", client_config) for e in webhook_entries(settings)
-        ],
-    }
+    client = url_client_config(url, PATH, ca_pem)
+    hooks = [entry_to_wire(e, "validating", client) for e in webhook_entries(settings)]
+    return configuration("validating", settings.webhook_config_name, hooks)
 
 
 def build_protection(
