@@ -1,10 +1,10 @@
 """The composition root of `kubeguard serve`, and an in-process server for tests and the demo.
 
 `run_server(settings)` builds the Runtime (Kubernetes client, metrics registry), the enabled
-plugins' webhooks, starts uvicorn (httptools, on the running uvloop/asyncio loop) with the
-hot-reloading TLS context, runs the plugins' background tasks, and shuts everything down in
-order on SIGTERM/SIGINT: stop accepting, finish in-flight requests, stop tasks, run shutdown
-hooks, close the Kubernetes client.
+plugins' webhooks, starts the HTTP server (`kubeguard.server.http`: httptools on the running
+uvloop/asyncio loop) with the hot-reloading TLS context, runs the plugins' background tasks,
+and shuts everything down in order on SIGTERM/SIGINT: stop accepting, finish in-flight
+requests, stop tasks, run shutdown hooks, close the Kubernetes client.
 
 `start_server(runtime, webhooks, settings)` is the reusable part: it binds (port 0 picks a free
 port), serves, and returns a `RunningServer` with the real port and `stop()`.
@@ -18,11 +18,10 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import uvicorn
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from kubeguard import __version__
@@ -33,6 +32,7 @@ from kubeguard.metrics import AdmissionMetrics
 from kubeguard.notify.dispatcher import install_notifier
 from kubeguard.runtime import Runtime, run_tasks
 from kubeguard.server.app import AdmissionApp
+from kubeguard.server.http import HttpServer
 from kubeguard.server.tls import CertificateError, CertificateReloader
 
 if TYPE_CHECKING:
@@ -51,30 +51,6 @@ GRACEFUL_SHUTDOWN_SECONDS = 20
 SHUTDOWN_HOOK_SECONDS = 10.0
 
 
-class _NoColor(logging.Filter):
-    """uvicorn attaches an ANSI-coloured copy of some messages; keep it out of JSON logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__.pop("color_message", None)
-        return True
-
-
-def _quiet_uvicorn_logs() -> None:
-    logger = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _NoColor) for f in logger.filters):
-        logger.addFilter(_NoColor())
-
-
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: `run_server` owns SIGTERM/SIGINT, and
-    uvicorn's handler would re-raise the signal after serving, killing the process before the
-    shutdown hooks ran."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 @dataclass
 class RunningServer:
     """A server started by `start_server`. `stop()` is graceful and idempotent."""
@@ -84,8 +60,7 @@ class RunningServer:
     scheme: str
     app: AdmissionApp
     reloader: CertificateReloader | None
-    _server: _Uvicorn
-    _serve_task: asyncio.Task[None]
+    _server: HttpServer
     _reload_stop: asyncio.Event = field(default_factory=asyncio.Event)
     _reload_task: asyncio.Task[None] | None = None
 
@@ -96,32 +71,29 @@ class RunningServer:
 
     @property
     def serving(self) -> bool:
-        return not self._serve_task.done()
+        return self._server.serving
 
     async def wait(self) -> None:
-        """Return when the server stopped (after `stop()`, or if uvicorn exited on its own)."""
-        await asyncio.shield(self._serve_task)
+        """Return when the server stopped (after `stop()`)."""
+        await self._server.wait_closed()
 
     async def stop(self, *, force: bool = False) -> None:
         """Stop accepting connections, let in-flight requests finish, close keep-alive
         connections, stop the certificate reloader."""
         self.app.draining = True
-        self._server.should_exit = True
         if force:
-            self._server.force_exit = True
+            self._server.abort()
         try:
-            await self._serve_task
-        except asyncio.CancelledError:
-            pass
+            await self._server.shutdown(GRACEFUL_SHUTDOWN_SECONDS)
         except Exception:
-            log.exception("the HTTP server failed")
+            log.exception("the HTTP server failed to shut down cleanly")
         self._reload_stop.set()
         if self._reload_task is not None:
             await self._reload_task
 
     def force(self) -> None:
         """Abandon the graceful wait (a second SIGINT/SIGTERM)."""
-        self._server.force_exit = True
+        self._server.abort()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -148,7 +120,6 @@ async def start_server(
     Raises CertificateError when the pair cannot be loaded and OSError when the port cannot be
     bound. Logs `listening` with the real port (useful with port 0).
     """
-    _quiet_uvicorn_logs()
     app = AdmissionApp(webhooks, runtime)
     reloader: CertificateReloader | None = None
     context: ssl.SSLContext | None = None
@@ -159,39 +130,12 @@ async def start_server(
         context = reloader.load_initial()
     sock = _bind(settings.bind_address, settings.port)
     port = sock.getsockname()[1]
-
-    ssl_factory: Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext] | None
-    ssl_factory = None
-    if context is not None:
-        listening = context
-
-        def ssl_factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> Any:
-            return listening
-
-    config = uvicorn.Config(
-        app,
-        host=settings.bind_address,
-        port=port,
-        loop="none",  # we already run on uvloop (kubeguard.cli.run_async) or asyncio
-        http="httptools",
-        lifespan="off",
-        interface="asgi3",
-        log_config=None,
-        access_log=False,  # one decision line per admission request is logged instead
-        proxy_headers=False,
-        server_header=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        ssl_context_factory=ssl_factory,
-    )
-    server = _Uvicorn(config)
-    serve_task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
-    while not server.started:
-        if serve_task.done():
-            sock.close()
-            serve_task.result()  # raises what uvicorn raised
-            raise RuntimeError("the HTTP server exited during start-up")
-        await asyncio.sleep(0.005)
+    server = HttpServer(app, ssl_context=context, keep_alive=KEEP_ALIVE_SECONDS)
+    try:
+        await server.start(sock)
+    except BaseException:
+        sock.close()
+        raise
     running = RunningServer(
         host=settings.bind_address,
         port=port,
@@ -199,7 +143,6 @@ async def start_server(
         app=app,
         reloader=reloader,
         _server=server,
-        _serve_task=serve_task,
     )
     if reloader is not None:
         running._reload_task = asyncio.create_task(
