@@ -319,7 +319,8 @@ OPTIONS: tuple[Option, ...] = (
         "--log-level",
         "LOG_LEVEL",
         choice("debug", "info", "warning", "error"),
-        "Log level.",
+        "Log level. info logs one `admission decision` line per denial, patch, error or allow "
+        "with a warning; debug also logs every plain allow.",
     ),
     Option(
         "feature_gates",
@@ -683,7 +684,8 @@ HELP_ZH: dict[str, str] = {
     "local": "本地开发：明文 HTTP，通过本地 kubeconfig 访问 Kubernetes。",
     "cert_reload_interval": "检查证书文件变化的间隔。",
     "log_format": "日志格式。",
-    "log_level": "日志级别。",
+    "log_level": "日志级别。info 为每个拒绝、patch、错误以及带警告的放行记录一行 "
+    "`admission decision`；debug 还会记录每个普通放行。",
     "feature_gates": "开启或关闭 Webhook，例如 PodEvictionProtection=true,StsNodeSelector=false。",
     "kubeconfig": "kubeconfig 文件（默认：集群内配置，其次 ~/.kube/config）。",
     "namespace": "kubeguard 状态对象、Secret 和事件所在的 namespace。",

@@ -234,6 +234,32 @@ async def test_review_round_trip_metrics_and_decision_log(caplog: pytest.LogCapt
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("response", "level"),
+    [
+        (allowed(), logging.DEBUG),  # the bulk of the traffic
+        (allowed().with_warnings("careful"), logging.INFO),
+        (allowed("allowed because"), logging.INFO),
+        (patched([jp.add("/a", 1)]), logging.INFO),
+        (denied("no"), logging.INFO),
+    ],
+    ids=["plain-allow", "warning", "message", "patched", "denied"],
+)
+async def test_decision_log_level(
+    caplog: pytest.LogCaptureFixture, response: Response, level: int
+) -> None:
+    webhook, _ = _webhook(HandlerSpec("h", "/v", "validating", Fixed(response)))
+    with caplog.at_level(logging.INFO, logger="kubeguard.admission"):
+        await webhook.review(review())
+    at_info = [r for r in caplog.records if r.getMessage() == "admission decision"]
+    assert len(at_info) == (1 if level == logging.INFO else 0)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="kubeguard.admission"):
+        await webhook.review(review())
+    [line] = [r for r in caplog.records if r.getMessage() == "admission decision"]
+    assert line.levelno == level
+
+
 async def test_review_handler_exception_fail_policy(caplog: pytest.LogCaptureFixture) -> None:
     webhook, registry = _webhook(HandlerSpec("boom", "/v", "validating", Raises()))
     with caplog.at_level(logging.INFO, logger="kubeguard.admission"):

@@ -218,14 +218,20 @@ def _status_reason(code: int) -> str:
 
 
 def _log_decision(path: str, request: Request, response: Response) -> None:
-    """One info line per decision. Built with makeRecord: `log.info` would walk the stack to
-    find the caller (findCaller), which costs more than the rest of the line on this path."""
-    if not log.isEnabledFor(logging.INFO):
+    """One line per decision: at info for denials, patches, errors and allowed requests that
+    carry a message or warnings (what an operator looks for); at debug for plain allows, the
+    bulk of the traffic (`--log-level debug` logs every decision). Built with makeRecord:
+    `log.info` would walk the stack to find the caller (findCaller), which costs more than the
+    rest of the line on this path."""
+    decision = response.decision
+    plain = decision == "allowed" and not response.message and not response.warnings
+    level = logging.DEBUG if plain else logging.INFO
+    if not log.isEnabledFor(level):
         return
     raw = request.raw
     record = log.makeRecord(
         log.name,
-        logging.INFO,
+        level,
         __file__,
         0,
         "admission decision",
@@ -241,7 +247,7 @@ def _log_decision(path: str, request: Request, response: Response) -> None:
             # "name" and "message" are reserved LogRecord attributes (logging raises KeyError)
             "object_name": raw.name,
             "user": raw.user_info.username,
-            "decision": response.decision,
+            "decision": decision,
             "reason": response.reason,
             "status_message": response.message,
             "dry_run": raw.dry_run,
