@@ -154,7 +154,7 @@ def _protection_spec(runtime: Any) -> Any:
     from kubeguard.admission import HandlerSpec
     from kubeguard.protection.handler import ProtectionHandler
     from kubeguard.protection.plugin import HANDLER_NAME, PATH, webhook_entries
-    from kubeguard.protection.policy import Snapshot
+    from kubeguard.protection.policy import PodFacts, Snapshot
     from kubeguard.protection.protector import Protector
 
     protector = Protector(runtime.settings, None, runtime.registry, identity="bench")
@@ -190,6 +190,7 @@ def _protection_spec(runtime: Any) -> Any:
         handler,
         failure_policy="Ignore",
         entries=webhook_entries(runtime.settings),
+        object_view=PodFacts,
     )
 
 

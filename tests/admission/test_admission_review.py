@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from kubeguard.admission import HandlerSpec, Request, Response, allowed, decode_review
 from kubeguard.admission.registry import group_webhooks
-from kubeguard.admission.review import ReviewDecodeError
+from kubeguard.admission.review import ReviewDecodeError, ReviewDecoder
 from kubeguard.metrics import AdmissionMetrics
 
 
@@ -140,6 +140,11 @@ _registry = CollectorRegistry()
 _webhook = group_webhooks(
     [HandlerSpec("reads", "/v", "validating", ReadsEverything())], AdmissionMetrics(_registry)
 )[0]
+# The same handler with its view declared: objects are decoded with the envelope, in one pass.
+_typed = group_webhooks(
+    [HandlerSpec("reads", "/t", "validating", ReadsEverything(), object_view=Pod)],
+    AdmissionMetrics(CollectorRegistry()),
+)[0]
 
 
 def _check_review(body: bytes) -> None:
@@ -152,6 +157,11 @@ def _check_review(body: bytes) -> None:
         assert isinstance(raw.uid, str) and raw.uid
         decoded = True
     status, out = _loop.run_until_complete(_webhook.review(body))
+    # A declared view changes how, never whether, a body is decoded, nor the decision.
+    typed_status, typed_out = _loop.run_until_complete(_typed.review(body))
+    assert typed_status == status
+    if status == 200:
+        assert json.loads(typed_out) == json.loads(out)
     if decoded:
         assert status == 200
         response = json.loads(out)["response"]
@@ -204,3 +214,45 @@ def test_truncated_or_corrupted_reviews_are_400(
 )
 def test_pathological_bodies(body: bytes) -> None:
     _check_review(body)
+
+
+# --- one-pass decoding into a declared view --------------------------------------------------
+
+
+def test_view_is_decoded_with_the_envelope() -> None:
+    decoder = ReviewDecoder(Pod)
+    body = _body(
+        uid="u",
+        object={"metadata": {"labels": {"a": "b"}}, "spec": {"big": "x" * 1000}},
+        oldObject=None,
+    )
+    request = decoder.decode(body)
+    assert request.view is Pod
+    assert request.object_as(Pod) == Pod(Labels({"a": "b"}))
+    assert request.old_object_as(Pod) is None
+    with pytest.raises(TypeError, match="decoded as Pod"):
+        request.object_as(Labels)
+
+
+def test_object_that_does_not_fit_the_view_falls_back_to_raw() -> None:
+    body = _body(uid="u", object={"metadata": {"labels": "not-a-map"}})
+    request = ReviewDecoder(Pod).decode(body)
+    assert request.view is None  # decoded generically: the review itself is fine
+    with pytest.raises(msgspec.ValidationError, match="labels"):
+        request.object_as(Pod)  # the handler's own decode reports the misfit, as without a view
+
+
+def test_errors_are_the_generic_ones_with_a_view() -> None:
+    with pytest.raises(ReviewDecodeError, match="empty uid"):
+        ReviewDecoder(Pod).decode(_body(uid=""))
+
+
+def test_a_path_with_different_views_decodes_generically() -> None:
+    specs = [
+        HandlerSpec("a", "/m", "validating", ReadsEverything(), object_view=Pod),
+        HandlerSpec("b", "/m", "validating", ReadsEverything(), object_view=Labels),
+    ]
+    [webhook] = group_webhooks(specs, AdmissionMetrics(CollectorRegistry()))
+    assert webhook.decoder.view is None
+    [same] = group_webhooks(specs[:1], AdmissionMetrics(CollectorRegistry()))
+    assert same.decoder.view is Pod

@@ -26,8 +26,8 @@ from kubeguard.admission.review import (
     AdmissionResponse,
     Request,
     ReviewDecodeError,
+    ReviewDecoder,
     Status,
-    decode_review,
     encode_response,
 )
 from kubeguard.metrics import AdmissionMetrics, LabelledChildren
@@ -84,6 +84,9 @@ class HandlerSpec:
     failure_policy: FailurePolicy = "Fail"
     entries: tuple[WebhookEntry, ...] = ()
     ready: Callable[[], bool] | None = None
+    # The msgspec Struct the handler reads `object`/`oldObject` as (`Request.object_as`). When
+    # every handler on a path names the same one, reviews are decoded in one pass into it.
+    object_view: type[Any] | None = None
 
 
 class _Instrumented:
@@ -139,6 +142,7 @@ class Webhook:
     specs: Sequence[HandlerSpec]
     metrics: AdmissionMetrics
     handler: Handler = field(init=False)
+    decoder: ReviewDecoder = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.specs:
@@ -146,6 +150,8 @@ class Webhook:
         kinds = {s.kind for s in self.specs}
         if kinds != {self.kind}:
             raise ValueError(f"path {self.path} mixes validating and mutating handlers")
+        views = {s.object_view for s in self.specs}
+        self.decoder = ReviewDecoder(views.pop() if len(views) == 1 else None)
         wrapped = [_Instrumented(self.path, s, self.metrics) for s in self.specs]
         self.handler = (
             MultiMutatingHandler(wrapped)
@@ -167,11 +173,10 @@ class Webhook:
         request, including handler failures, gets 200 with an AdmissionReview.
         """
         try:
-            raw = decode_review(body)
+            request = self.decoder.decode(body)
         except ReviewDecodeError as exc:
             self.metrics.bad_requests.labels(self.path, "400").inc()
             return 400, str(exc).encode()
-        request = Request(raw)
         response = await self.handler.handle(request)
         _log_decision(self.path, request, response)
         return 200, encode_response(to_wire(request.uid, response))

@@ -44,6 +44,7 @@ from kubeguard.admission.webhook import (
 from kubeguard.config import Settings
 from kubeguard.kube.auth import DelegatingAuth
 from kubeguard.protection.callback import CallbackAPI
+from kubeguard.protection.policy import PodFacts
 from kubeguard.protection.protector import Protector, Timing
 from kubeguard.runtime import Runtime
 
@@ -164,6 +165,7 @@ def build_protection(
         failure_policy="Ignore",
         entries=webhook_entries(settings),
         ready=lambda: runtime.kube is None or protector.ready,
+        object_view=PodFacts,
     )
     return protector, [spec]
 
