@@ -32,7 +32,7 @@ On a machine with at least 2 CPUs the server is pinned to CPU 0 and the load to 
 decision is checked once before the load starts (allowed/denied as expected).
 
     .venv/bin/python bench/bench_admission.py [--handler trivial|protection|all]
-        [--log-level info[,warning]] [--seconds 10] [--rate 1000]
+        [--log-level info[,warning]] [--seconds 10] [--rate 1000] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -409,6 +409,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each load this many times and report the best run (lowest p99 at the fixed "
+        "rate, highest req/s at saturation): on a shared VM, neighbours only make runs worse",
+    )
+    parser.add_argument(
         "--handler",
         default="all",
         choices=["trivial", "protection", "all"],
@@ -456,14 +463,15 @@ def main() -> None:
         )
         print(
             f"{'handler':<11} {'log':<8} {'payload':<27} {'load':<24} {'req/s':>7} {'p50 ms':>7} "
-            f"{'p99 ms':>7} {'CPU us/req':>10}  err"
+            f"{'p99 ms':>7} {'CPU us/req':>10} {'steal%':>6}  err"
         )
         for handler in handlers:
             for level in levels:
                 _bench_server(args, work, handler, level, script, pin_server, pin_load, have_wrk)
         print(
             "CPU us/req: server process CPU time per request (from /proc), which unlike req/s "
-            "hardly depends on what else runs on the machine; 1e6 / it = req/s one core sustains."
+            "hardly depends on what else runs on the machine; 1e6 / it = req/s one core sustains. "
+            "steal%: CPU time the hypervisor gave to other guests during the run (noise)."
         )
 
 
@@ -508,19 +516,19 @@ def _bench_server(
                 prefix = f"{handler:<11} {level:<8} {label:<27}"
                 # Warm-up (connections, caches).
                 _load(pin_load, "closed", port, work, body_file, 1.0, args.rate)
-                cpu = _cpu_seconds(server.pid)
-                fixed = _load(pin_load, "fixed", port, work, body_file, args.seconds, args.rate)
-                fixed["cpu"] = _cpu_seconds(server.pid) - cpu
+
+                def fixed_run(body_file: Path = body_file) -> dict[str, Any]:
+                    return _load(pin_load, "fixed", port, work, body_file, args.seconds, args.rate)
+
+                def saturation_run(body_file: Path = body_file) -> dict[str, Any]:
+                    if have_wrk:
+                        return run_wrk(port, body_file, script, args.seconds, pin_load)
+                    return _load(pin_load, "closed", port, work, body_file, args.seconds, 0)
+
+                fixed = _best(server.pid, fixed_run, args.repeat, key=lambda r: -r["p99_ms"])
                 _print(prefix, f"fixed {args.rate:.0f}/s (asyncio)", fixed)
-                cpu = _cpu_seconds(server.pid)
-                if have_wrk:
-                    sat = run_wrk(port, body_file, script, args.seconds, pin_load)
-                    load_name = "saturation (wrk -c32)"
-                else:
-                    sat = _load(pin_load, "closed", port, work, body_file, args.seconds, 0)
-                    load_name = "saturation (asyncio)"
-                sat["cpu"] = _cpu_seconds(server.pid) - cpu
-                _print(prefix, load_name, sat)
+                sat = _best(server.pid, saturation_run, args.repeat, key=lambda r: r["rps"])
+                _print(prefix, "saturation (wrk -c32)" if have_wrk else "saturation (asyncio)", sat)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -529,6 +537,31 @@ def _bench_server(
                 server.kill()
     if server.returncode != 0:
         print(f"server exited with {server.returncode}; its log:\n{log_file.read_text()[-2000:]}")
+
+
+def _best(pid: int, run: Any, repeat: int, key: Any) -> dict[str, Any]:
+    """Run a load `repeat` times and keep the best run by `key` (a VM's neighbours only ever
+    make a run worse), with the server's CPU time and the machine's steal time during it."""
+    best: dict[str, Any] | None = None
+    for _ in range(max(repeat, 1)):
+        cpu, steal = _cpu_seconds(pid), _steal()
+        result = run()
+        result["cpu"] = _cpu_seconds(pid) - cpu
+        result["steal"] = _steal(steal)
+        if best is None or key(result) > key(best):
+            best = result
+    assert best is not None
+    return best
+
+
+def _steal(since: tuple[int, int] | None = None) -> Any:
+    """(steal, total) jiffies of all CPUs, or the steal percentage since `since`."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    now = (fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
+    if since is None:
+        return now
+    total = now[1] - since[1]
+    return 100.0 * (now[0] - since[0]) / total if total else 0.0
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -573,7 +606,7 @@ def _print(prefix: str, load: str, r: dict[str, Any]) -> None:
     per_request = r["cpu"] / r["requests"] * 1e6 if r.get("requests") else float("nan")
     print(
         f"{prefix} {load:<24} {r['rps']:>7.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-        f"{per_request:>10.0f}  {err}",
+        f"{per_request:>10.0f} {r.get('steal', float('nan')):>6.1f}  {err}",
         flush=True,
     )
 
