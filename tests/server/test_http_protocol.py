@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from serverproc import fixture_review, make_ca, new_pair
 
 from kubeguard.admission import HandlerSpec, Request, Response, allowed
@@ -398,3 +400,62 @@ async def test_admission_review_through_the_server_in_two_tls_records() -> None:
         writer.close()
     finally:
         await served.server.shutdown(1.0)
+
+
+# --- any split of a byte stream gives the same answers -------------------------------------------
+
+
+_requests = st.lists(
+    st.tuples(
+        st.sampled_from(["/a", "/b%20c", "/validate"]),
+        st.binary(max_size=3000),
+        st.booleans(),  # chunked request body
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _encode(path: str, body: bytes, chunked: bool) -> bytes:
+    if not chunked:
+        return _post(path + "?q=1", body)
+    parts = [body[i : i + 700] for i in range(0, len(body), 700)]
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    return (
+        f"POST {path}?q=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + chunks
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests=_requests, cuts=st.lists(st.integers(min_value=1, max_value=20_000), max_size=8))
+def test_requests_split_anywhere_are_answered_in_order(
+    requests: list[tuple[str, bytes, bool]], cuts: list[int]
+) -> None:
+    """Pipelined requests, plain and chunked, delivered in arbitrary pieces: every request is
+    answered, in order, with its own path and body length (a plain-TCP server, for speed)."""
+    stream = b"".join(_encode(*r) for r in requests)
+    points = sorted({c % len(stream) for c in cuts} - {0})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+
+    async def run() -> list[bytes]:
+        server = HttpServer(EchoApp(), buffer_limit=1024)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await server.start(sock)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0)
+            bodies = [(await _response(reader))[2] for _ in requests]
+            writer.close()
+            return bodies
+        finally:
+            await server.shutdown(1.0)
+
+    bodies = asyncio.run(run())
+    assert bodies == [
+        f"POST {path.replace('%20', ' ')} q=1 {len(body)}".encode() for path, body, _ in requests
+    ]
