@@ -210,6 +210,8 @@ def test_truncated_or_corrupted_reviews_are_400(
         b"\x00" * 64,
         b'{"request":{"uid":"u","dryRun":"yes"}}',
         b'{"request":{"uid":"u","object":NaN}}',
+        b'{"kind": "\x80"}',  # not UTF-8 (hypothesis found it: a 500 instead of a 400)
+        b'{"request":{"uid":"\xff\xfe"}}',
     ],
 )
 def test_pathological_bodies(body: bytes) -> None:

@@ -149,6 +149,11 @@ def _decode_with(decoder: msgspec.json.Decoder[Any], body: bytes) -> AdmissionRe
     except RecursionError:
         # msgspec raises this (not a DecodeError) for JSON nested deeper than it recurses.
         raise ReviewDecodeError("invalid AdmissionReview: JSON nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        # ...and this for a string that is not UTF-8 (JSON text must be).
+        raise ReviewDecodeError(
+            f"invalid AdmissionReview: a string is not valid UTF-8 ({exc.reason})"
+        ) from None
     if review.kind and review.kind != KIND:
         raise ReviewDecodeError(f"expected kind {KIND!r}, got {review.kind!r}")
     if review.api_version and review.api_version != API_VERSION:
