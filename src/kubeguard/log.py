@@ -5,6 +5,7 @@ Structured fields are passed with `extra={...}` and appear as top-level JSON key
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -45,21 +46,79 @@ class JSONFormatter(logging.Formatter):
         return f"{self._stamp}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": self._timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        out = self._head(record.created, record.levelname, record.name, record.getMessage())
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        return _encode(out)
+
+    def fields_line(self, level: int, logger: str, msg: str, fields: dict[str, Any]) -> str:
+        """The line `format` gives for a record of `msg` with `fields` as `extra`."""
+        out = self._head(time.time(), logging.getLevelName(level), logger, msg)
+        out.update(fields)
+        return _encode(out)
+
+    def _head(self, created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
+        ts = self._timestamp(created)
+        return {"ts": ts, "level": level.lower(), "logger": logger, "msg": msg}
+
+
+def _encode(out: dict[str, Any]) -> str:
+    try:
+        return _json.encode(out).decode()
+    except (TypeError, ValueError, OverflowError):
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def log_fields(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    """Log `msg` with `fields` as top-level keys, like `logger.log(level, msg, extra=fields)`.
+
+    For lines on the admission path (one per denial). When the only handler the record would
+    reach is kubeguard's JSON handler, with no filters on the way, the line is encoded and
+    written directly: no LogRecord, no attribute walk, 3-5 µs instead of 15-20. Otherwise (text
+    format, extra handlers such as pytest's caplog, filters) it goes through `logging`.
+    """
+    if not logger.isEnabledFor(level):
+        return
+    handler = _direct_handler(logger, level)
+    if handler is None:
+        logger.handle(logger.makeRecord(logger.name, level, "", 0, msg, (), None, extra=fields))
+        return
+    formatter = handler.formatter
+    assert isinstance(formatter, JSONFormatter)
+    line = formatter.fields_line(level, logger.name, msg, fields)
+    with handler.lock if handler.lock is not None else contextlib.nullcontext():
         try:
-            return _json.encode(out).decode()
-        except (TypeError, ValueError, OverflowError):
-            return json.dumps(out, default=str, ensure_ascii=False)
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        except Exception:
+            handler.handleError(logging.makeLogRecord({"msg": msg}))
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> logging.StreamHandler[Any] | None:
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters or current.disabled:
+            return None
+        if current.handlers:
+            if current.parent is not None or len(current.handlers) != 1:
+                return None  # a handler below the root, or several: the general path
+            handler = current.handlers[0]
+            if (
+                isinstance(handler, logging.StreamHandler)
+                and handler.get_name() == "kubeguard"
+                and isinstance(handler.formatter, JSONFormatter)
+                and not handler.filters
+                and handler.level <= level
+            ):
+                return handler
+            return None
+        if not current.propagate:
+            return None
+        current = current.parent
+    return None
 
 
 class TextFormatter(logging.Formatter):
