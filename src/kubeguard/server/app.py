@@ -12,8 +12,7 @@ server); handlers never see HTTP. Any unexpected exception becomes a short 500 a
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -21,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from kubeguard.admission.webhook import Webhook
 from kubeguard.metrics import render
 from kubeguard.runtime import HttpRequest, HttpResponse, Route, Runtime
+from kubeguard.server.http import Receive, Scope, Send
 
 log = logging.getLogger("kubeguard.server")
 
@@ -28,10 +28,6 @@ log = logging.getLogger("kubeguard.server")
 # so anything larger is not an AdmissionReview and is refused before it is buffered.
 MAX_BODY_BYTES = 7 * 1024 * 1024
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 _JSON = b"application/json"
 _TEXT = b"text/plain; charset=utf-8"

@@ -44,6 +44,7 @@ import httptools
 
 log = logging.getLogger("kubeguard.server")
 
+# The ASGI types, for this server and the app it serves (`kubeguard.server.app`).
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -85,9 +86,9 @@ class HttpServer:
         self.max_head = max_head
         self.buffer_limit = buffer_limit
         self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()  # apps that suspended
+        self.tasks: set[asyncio.Task[None]] = set()  # one per request being answered
         self.draining = False
-        self._idle = asyncio.Event()  # set when draining and the last connection closed
+        self._all_closed = asyncio.Event()  # set when draining and the last connection closed
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] | None = None
@@ -132,9 +133,9 @@ class HttpServer:
                 conn.close_if_idle()
         if self.connections:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
+                await asyncio.wait_for(self._all_closed.wait(), grace)
         self.abort()
-        if self.tasks:  # apps still running after their connections went
+        if self.tasks:  # let the cancelled apps unwind
             await asyncio.wait(set(self.tasks), timeout=1.0)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -154,7 +155,7 @@ class HttpServer:
     def connection_closed(self, conn: _Connection) -> None:
         self.connections.discard(conn)
         if self.draining and not self.connections:
-            self._idle.set()
+            self._all_closed.set()
 
     def _sweep(self) -> None:
         now = self.loop.time()
@@ -176,16 +177,16 @@ async def _serve(app: ASGIApp, request: _Request) -> None:
         raise
     except Exception:
         log.exception("the ASGI application raised", extra={"path": request.scope.get("path", "")})
-        request.app_failed()
+        request.app_ended(failed=True)
         return
-    request.app_returned()
+    request.app_ended(failed=False)
 
 
 class _Request:
     """One request/response cycle: the ASGI `receive` and `send` of one request."""
 
     __slots__ = (
-        "body_size",
+        "buffered",
         "chunked_response",
         "chunks",
         "close_after",
@@ -208,7 +209,7 @@ class _Request:
         self.conn = conn
         self.scope = scope
         self.chunks: list[bytes] = []
-        self.body_size = 0
+        self.buffered = 0  # bytes in `chunks`, received and not yet handed to the app
         self.complete = False  # the whole body has been received
         self.consumed = False  # the app has received all of it
         self.streamed = streamed  # the app starts before the body is complete
@@ -241,6 +242,7 @@ class _Request:
             if self.chunks or self.complete:
                 body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
                 self.chunks.clear()
+                self.buffered = 0
                 if self.complete:
                     self.consumed = True
                 else:
@@ -310,23 +312,19 @@ class _Request:
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def app_returned(self) -> None:
-        if not self.finished:
-            if self.started:  # a partial response cannot be completed
-                self.conn.abort()
-            else:
+    def app_ended(self, *, failed: bool) -> None:
+        """The app returned or raised. A response it did not finish is a 500 if nothing was
+        sent yet, else the connection is dropped (a partial response cannot be completed)."""
+        if failed or not self.finished:
+            if not failed:
                 log.error(
                     "the ASGI application returned without a response",
                     extra={"path": self.scope.get("path", "")},
                 )
+            if self.started:
+                self.conn.abort()
+            else:
                 self.conn.respond_error(self, 500, "internal server error")
-        self.wake()
-
-    def app_failed(self) -> None:
-        if self.started:
-            self.conn.abort()
-        else:
-            self.conn.respond_error(self, 500, "internal server error")
         self.wake()
 
 
@@ -371,9 +369,7 @@ class _Connection(asyncio.Protocol):
         for request in (self.active, self.parsing, *self.queue):
             if request is not None:
                 request.wake()
-        if self.write_paused is not None and not self.write_paused.done():
-            self.write_paused.set_result(None)
-        self.write_paused = None
+        self.resume_writing()  # a send waiting for the buffer to drain returns
 
     def data_received(self, data: bytes) -> None:
         if self.error is not None:
@@ -485,12 +481,12 @@ class _Connection(asyncio.Protocol):
         if request is None or self.error is not None:
             return
         request.chunks.append(body)
-        request.body_size += len(body)
+        request.buffered += len(body)
         request.wake()
-        if request.body_size > self.server.buffer_limit and request is not self.active:
-            self.pause_reading()  # queued behind another request: stop until its turn
-        elif request.streamed and sum(map(len, request.chunks)) > self.server.buffer_limit:
-            self.pause_reading()  # the app reads slower than the client sends
+        if request.buffered > self.server.buffer_limit:
+            # Only a streamed body gets here: queued behind another request, or read by the
+            # app slower than the client sends. Reading resumes when the app takes it.
+            self.pause_reading()
 
     def on_message_complete(self) -> None:
         request = self.parsing
@@ -593,8 +589,13 @@ class _Connection(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    @property
+    def idle(self) -> bool:
+        """No request being received, waiting or answered."""
+        return self.active is None and not self.queue and self.parsing is None
+
     def close_if_idle(self) -> None:
-        if self.active is None and not self.queue and self.parsing is None:
+        if self.idle:
             self.close()
 
     def check_timeouts(self, now: float) -> None:
@@ -604,11 +605,7 @@ class _Connection(asyncio.Protocol):
                     self._write_error(408, "request not received in time")
                 else:
                     self.abort()
-        elif (
-            self.active is None
-            and not self.queue
-            and now - self.idle_since > self.server.keep_alive
-        ):
+        elif self.idle and now - self.idle_since > self.server.keep_alive:
             self.close()
 
 
