@@ -64,6 +64,10 @@ class EchoApp:
                 await asyncio.sleep(0)
         if path == "/raise":
             raise RuntimeError("boom")
+        if path == "/raise-after":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            raise RuntimeError("boom after the response")
         if path == "/nothing":
             return
         if path == "/stream":
@@ -311,6 +315,17 @@ async def test_app_failure_before_the_response_is_500(echo: Served, path: str) -
     assert status == 500
     assert headers["connection"] == "close"
     assert await _closed(reader)
+
+
+async def test_app_failure_after_a_finished_response_keeps_the_connection(echo: Served) -> None:
+    reader, writer = await echo.connect()
+    writer.write(_post("/raise-after", b""))
+    status, headers, _ = await _response(reader)
+    assert status == 204
+    assert "connection" not in headers
+    writer.write(_post("/next", b""))
+    assert (await _response(reader))[2] == b"POST /next  0"
+    writer.close()
 
 
 async def test_slow_request_is_408_and_idle_connection_is_closed(

@@ -314,8 +314,9 @@ class _Request:
 
     def app_ended(self, *, failed: bool) -> None:
         """The app returned or raised. A response it did not finish is a 500 if nothing was
-        sent yet, else the connection is dropped (a partial response cannot be completed)."""
-        if failed or not self.finished:
+        sent yet, else the connection is dropped (a partial response cannot be completed). A
+        finished response stands, even if the app raised afterwards."""
+        if not self.finished:
             if not failed:
                 log.error(
                     "the ASGI application returned without a response",
