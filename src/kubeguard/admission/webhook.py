@@ -231,6 +231,8 @@ def _log_decision(path: str, request: Request, response: Response) -> None:
     decision = response.decision
     plain = decision == "allowed" and not response.message and not response.warnings
     level = logging.DEBUG if plain else logging.INFO
+    if not log.isEnabledFor(level):  # before building the fields: plain allows at info
+        return
     raw = request.raw
     log_fields(
         log,
