@@ -151,10 +151,9 @@ def _protection_spec(runtime: Any) -> Any:
     policy configuration and metrics come from a `Protector` built without API access, the
     snapshot says three worker nodes are NotReady and protection is engaged, and denied pods
     are de-duplicated as the `Protector` does before it records an Event."""
-    from kubeguard.admission import HandlerSpec
     from kubeguard.protection.handler import ProtectionHandler
-    from kubeguard.protection.plugin import HANDLER_NAME, PATH, webhook_entries
-    from kubeguard.protection.policy import PodFacts, Snapshot
+    from kubeguard.protection.plugin import handler_spec
+    from kubeguard.protection.policy import Snapshot
     from kubeguard.protection.protector import Protector
 
     protector = Protector(runtime.settings, None, runtime.registry, identity="bench")
@@ -183,15 +182,7 @@ def _protection_spec(runtime: Any) -> Any:
     handler = ProtectionHandler(
         Engaged(), Pods(), protector.policy_config, protector.metrics, on_denied=on_denied
     )
-    return HandlerSpec(
-        HANDLER_NAME,
-        PATH,
-        "validating",
-        handler,
-        failure_policy="Ignore",
-        entries=webhook_entries(runtime.settings),
-        object_view=PodFacts,
-    )
+    return handler_spec(handler, runtime.settings)
 
 
 def check_decision(port: int, ca: Path, body: bytes, expect_allowed: bool) -> str:

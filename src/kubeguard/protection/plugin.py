@@ -30,8 +30,10 @@ pods off a partitioned node unchecked.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from kubeguard.admission.handler import Handler
 from kubeguard.admission.registry import Plugin
 from kubeguard.admission.webhook import (
     HandlerSpec,
@@ -157,17 +159,26 @@ def build_protection(
             "pod eviction protection has no Kubernetes API access: it cannot see nodes, so it "
             "never engages and allows every request"
         )
-    spec = HandlerSpec(
+    spec = handler_spec(
+        protector.handler, settings, ready=lambda: runtime.kube is None or protector.ready
+    )
+    return protector, [spec]
+
+
+def handler_spec(
+    handler: Handler, settings: Settings, *, ready: Callable[[], bool] | None = None
+) -> HandlerSpec:
+    """How the protection handler is served: path, failure policy, webhook entries, view."""
+    return HandlerSpec(
         name=HANDLER_NAME,
         path=PATH,
         kind="validating",
-        handler=protector.handler,
+        handler=handler,
         failure_policy="Ignore",
         entries=webhook_entries(settings),
-        ready=lambda: runtime.kube is None or protector.ready,
+        ready=ready,
         object_view=PodFacts,
     )
-    return protector, [spec]
 
 
 def _build(runtime: Runtime) -> list[HandlerSpec]:
